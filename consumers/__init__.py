@@ -1,0 +1,1 @@
+"""medocr's worker side: settings, the consume → recognise → publish → commit loop, engines."""

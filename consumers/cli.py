@@ -1,0 +1,160 @@
+"""The ``medocr`` console script: broker, worker, publish, demo.
+
+Settings are read from the environment here, once, and handed down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from pydantic import ValidationError
+
+from consumers.broker import EmbeddedBroker, ensure_topics
+from consumers.errors import ConfigurationError, FatalError
+from consumers.settings import Settings
+
+log = logging.getLogger("medocr")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"medocr: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    try:
+        return asyncio.run(args.run(args, settings))
+    except ConfigurationError as exc:
+        print(f"medocr: {exc}", file=sys.stderr)
+        return 2
+    except FatalError as exc:
+        log.error("stopped on a fatal error: %s", exc)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medocr", description="Event-driven OCR for medical documents."
+    )
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    broker = sub.add_parser("broker", help="run the embedded Kafka-protocol broker")
+    broker.add_argument("--host", default="127.0.0.1")
+    broker.add_argument("--port", type=int, default=9092)
+    broker.add_argument(
+        "--partitions", type=int, default=None, help="default: OCR_TOPIC_PARTITIONS"
+    )
+    broker.set_defaults(run=_broker)
+
+    worker = sub.add_parser("worker", help="consume requests, OCR them, publish results")
+    worker.add_argument(
+        "--burst", action="store_true", help="exit once the input topic is drained"
+    )
+    worker.set_defaults(run=_worker)
+
+    publish = sub.add_parser("publish", help="publish scans (files or folders)")
+    publish.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    publish.add_argument(
+        "--wait", action="store_true", help="wait for each result and print it"
+    )
+    publish.add_argument("--timeout", type=float, default=600.0, help="seconds to wait")
+    publish.add_argument(
+        "--progress", action="store_true", help="with --wait: show page progress events"
+    )
+    publish.add_argument(
+        "--by-reference",
+        action="store_true",
+        help="send file:// URIs instead of the bytes (workers need OCR_FILE_URI_ROOTS)",
+    )
+    publish.add_argument("--prompt", default=None)
+    publish.add_argument("--max-tokens", type=int, default=4096)
+    publish.add_argument("--temperature", type=float, default=0.0)
+    publish.add_argument("--id-prefix", default="", help="prefix for document ids")
+    publish.set_defaults(run=_publish)
+
+    demo = sub.add_parser("demo", help="broker + worker + the bundled sample scans")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+async def _broker(args: argparse.Namespace, settings: Settings) -> int:
+    embedded = EmbeddedBroker(args.host, args.port)
+    embedded.start()
+    try:
+        kafka = settings.kafka
+        await ensure_topics(
+            {"bootstrap_servers": embedded.bootstrap_servers},
+            [kafka.input_topic, kafka.result_topic, kafka.dlq_topic, kafka.progress_topic],
+            args.partitions or kafka.partitions,
+        )
+        print(f"broker ready on {embedded.bootstrap_servers}", flush=True)
+        await _until_signalled()
+    finally:
+        embedded.stop()
+    return 0
+
+
+async def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from consumers.runner import run_worker
+
+    stop = asyncio.Event()
+    _on_signals(stop.set)
+    await run_worker(settings, stop, burst=args.burst)
+    return 0
+
+
+async def _publish(args: argparse.Namespace, settings: Settings) -> int:
+    from consumers.runner import producer_options
+    from producers.cli import Topics, publish_command
+    from producers.publisher import RequestOptions
+
+    kafka = settings.kafka
+    return await publish_command(
+        args.paths,
+        client_kwargs=kafka.client_kwargs(),
+        producer_options=producer_options(settings),
+        topics=Topics(kafka.input_topic, kafka.result_topic, kafka.progress_topic),
+        request_options=RequestOptions(
+            prompt=args.prompt,
+            max_tokens=args.max_tokens,
+            temperature=args.temperature,
+            by_reference=args.by_reference,
+            id_prefix=args.id_prefix,
+        ),
+        wait=args.wait,
+        timeout_s=args.timeout,
+        show_progress=args.progress,
+    )
+
+
+async def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from consumers.demo import run_demo
+
+    return await run_demo(settings)
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    _on_signals(stop.set)
+    await stop.wait()
+
+
+def _on_signals(callback: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, callback)

@@ -1,0 +1,66 @@
+"""The engine seam: what the worker hands an engine for one page, and what it gets back.
+
+An engine recognises one page per call and may be called concurrently; ``capacity()``
+says how many pages it can usefully hold at once (the worker's in-flight limit). Errors
+leave an engine only as ``consumers.errors`` types: ``TransientError`` for a hiccup worth
+retrying, ``PageFailedError`` for a page it can never read, ``EngineDeadError`` when the
+engine itself is gone.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from PIL import Image
+
+
+class PageStatus(enum.Enum):
+    OK = "OK"
+    TRUNCATED = "TRUNCATED"  # the model stopped at max_tokens after all retries
+    REPETITIVE = "REPETITIVE"  # the model looped after all retries
+    FAILED = "FAILED"  # no text: the page failed (error_code says why)
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    document_id: str
+    page_number: int  # 1-based
+    image: Image.Image  # decoded, EXIF-rotated, 8-bit L or RGB, long side <= the limit
+    prompt: str
+    max_tokens: int
+    temperature: float
+
+
+@dataclass(frozen=True)
+class PageResult:
+    text: str
+    status: PageStatus = PageStatus.OK
+    token_count: int = 0
+    engine_s: float = 0.0
+    attempts: int = 1
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class EngineHealth:
+    loaded: bool
+    gpu_available: bool
+    detail: str = ""
+
+
+@runtime_checkable
+class OcrEngine(Protocol):
+    name: str  # "tesseract", "vllm", ...
+    model: str  # what produced the text, e.g. "tesseract 5.3.0 kor+eng" or a model id
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def capacity(self) -> int: ...
+
+    def health(self) -> EngineHealth: ...
+
+    async def recognize(self, page: PageRequest) -> PageResult: ...

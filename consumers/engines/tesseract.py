@@ -1,0 +1,240 @@
+"""Tesseract through its command line: one short-lived process per page.
+
+At most ``worker_count()`` tesseract processes run at once, each limited to one OpenMP
+thread, so the processes share the cores instead of oversubscribing them. The page is
+prepared (gray, red stamps dropped, small scans cleaned and upscaled) in a process pool
+so the event loop never does pixel work, and reaches tesseract on stdin as an
+uncompressed PGM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import multiprocessing
+import os
+import re
+import shutil
+import signal
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from PIL import Image, ImageFilter
+
+from consumers.engines.base import EngineHealth, PageRequest, PageResult
+from consumers.errors import (
+    ConfigurationError,
+    EngineDeadError,
+    PageFailedError,
+    TransientError,
+)
+from consumers.settings import TesseractSettings
+
+log = logging.getLogger(__name__)
+
+# Pages whose long side is below this are low-resolution scans (about 100 dpi for A4);
+# tesseract reads them far better after a median filter and a 2x upscale.
+SMALL_PAGE_LONG_SIDE_PX = 1400
+_VERSION = re.compile(r"tesseract\s+v?(\d+(?:\.\d+)*)", re.IGNORECASE)
+
+
+def prepare_page(image: Image.Image, preprocess: bool) -> bytes:
+    """The page as the PGM bytes tesseract reads on stdin (runs in the process pool)."""
+    gray = _to_gray(image) if preprocess else image.convert("L")
+    if preprocess and max(gray.size) < SMALL_PAGE_LONG_SIDE_PX:
+        gray = gray.filter(ImageFilter.MedianFilter(3))
+        gray = gray.resize((gray.width * 2, gray.height * 2), Image.Resampling.BICUBIC)
+    buffer = io.BytesIO()
+    gray.save(buffer, format="PPM")  # mode L is written as binary PGM (P5)
+    return buffer.getvalue()
+
+
+def _to_gray(image: Image.Image) -> Image.Image:
+    # The red channel keeps black print black but turns red seals nearly white, and
+    # seals are graphics the ground truth leaves out.
+    if image.mode == "RGB":
+        return image.getchannel("R")
+    return image if image.mode == "L" else image.convert("L")
+
+
+class TesseractEngine:
+    """Korean + English OCR with the ``tesseract`` binary, a bounded process count."""
+
+    name = "tesseract"
+
+    def __init__(self, settings: TesseractSettings) -> None:
+        self._settings = settings
+        self._workers = settings.worker_count()
+        self.model = f"tesseract {settings.languages}"
+        self._binary: str | None = None
+        self._slots = asyncio.Semaphore(self._workers)
+        self._pool: ProcessPoolExecutor | None = None
+        self._running: set[asyncio.subprocess.Process] = set()
+        self._env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
+
+    @property
+    def running_processes(self) -> int:
+        """Tesseract processes alive right now (never above the worker count)."""
+        return len(self._running)
+
+    async def start(self) -> None:
+        binary = shutil.which("tesseract")
+        if binary is None:
+            raise ConfigurationError(
+                "OCR_ENGINE=tesseract needs the tesseract binary on PATH "
+                "(apt-get install tesseract-ocr tesseract-ocr-kor)."
+            )
+        version = await self._read_version(binary)
+        wanted = set(self._settings.languages.split("+"))
+        missing = wanted - await self._languages(binary)
+        if missing:
+            raise ConfigurationError(
+                f"tesseract has no traineddata for {'+'.join(sorted(missing))} "
+                "(apt-get install tesseract-ocr-kor, or set TESSERACT_LANG)."
+            )
+        self._binary = binary
+        self.model = f"tesseract {version} {self._settings.languages}"
+        self._pool = self._new_pool()
+        # Start the pool's processes now, so the first page does not pay for it.
+        loop = asyncio.get_running_loop()
+        warmup = Image.new("L", (8, 8), 255)
+        await asyncio.gather(
+            *(
+                loop.run_in_executor(self._pool, prepare_page, warmup, False)
+                for _ in range(self._workers)
+            )
+        )
+        log.info("tesseract engine ready: %s, %d processes", self.model, self._workers)
+
+    async def close(self) -> None:
+        for proc in list(self._running):
+            if proc.returncode is None:
+                proc.kill()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+        self._binary = None
+
+    def capacity(self) -> int:
+        # Twice the processes: while a page is in tesseract the next one is prepared.
+        return 2 * self._workers
+
+    def health(self) -> EngineHealth:
+        loaded = self._binary is not None
+        return EngineHealth(loaded=loaded, gpu_available=False, detail=self.model)
+
+    async def recognize(self, page: PageRequest) -> PageResult:
+        if self._binary is None or self._pool is None:
+            raise EngineDeadError("the tesseract engine is not started")
+        started = time.perf_counter()
+        pgm = await self._prepare(page)
+        async with self._slots:
+            stdout = await self._run(self._binary, pgm, page)
+        text = stdout.decode("utf-8", errors="replace").replace("\f", "").strip()
+        return PageResult(
+            text=text,
+            token_count=len(text.split()),
+            engine_s=time.perf_counter() - started,
+            finish_reason="stop",
+        )
+
+    def _command(self, binary: str) -> list[str]:
+        return [
+            binary,
+            "stdin",
+            "stdout",
+            "-l",
+            self._settings.languages,
+            "--psm",
+            str(self._settings.psm),
+        ]
+
+    async def _prepare(self, page: PageRequest) -> bytes:
+        assert self._pool is not None  # noqa: S101 - checked by recognize()
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                self._pool, prepare_page, page.image, self._settings.preprocess
+            )
+        except BrokenProcessPool as exc:
+            # A pool process died (e.g. killed for memory): new pool, retry the page.
+            self._pool = self._new_pool()
+            raise TransientError("the page preparation process pool broke") from exc
+
+    async def _run(self, binary: str, pgm: bytes, page: PageRequest) -> bytes:
+        timeout_s = self._settings.page_timeout_s
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self._command(binary),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=self._env,
+            )
+        except FileNotFoundError as exc:
+            raise EngineDeadError(f"tesseract binary is gone: {binary}") from exc
+        except OSError as exc:
+            raise TransientError(f"cannot start tesseract: {exc.strerror}") from exc
+        self._running.add(proc)
+        try:
+            stdout, stderr = await asyncio.wait_for(proc.communicate(pgm), timeout_s)
+        except TimeoutError:
+            raise PageFailedError(
+                f"tesseract did not finish page {page.page_number} "
+                f"within {timeout_s:g} s (TESSERACT_PAGE_TIMEOUT_S)"
+            ) from None
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            self._running.discard(proc)
+        if proc.returncode != 0:
+            raise PageFailedError(
+                f"tesseract failed on page {page.page_number}: "
+                f"{_describe_exit(proc.returncode, stderr)}"
+            )
+        return stdout
+
+    async def _read_version(self, binary: str) -> str:
+        output = await self._probe(binary, "--version")
+        match = _VERSION.search(output)
+        if match is None:
+            raise ConfigurationError(f"cannot read the tesseract version from {binary}")
+        return match.group(1)
+
+    async def _languages(self, binary: str) -> set[str]:
+        output = await self._probe(binary, "--list-langs")
+        return {line.strip() for line in output.splitlines()[1:] if line.strip()}
+
+    async def _probe(self, binary: str, flag: str) -> str:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                binary,
+                flag,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env=self._env,
+            )
+            output, _ = await asyncio.wait_for(proc.communicate(), 30)
+        except (OSError, TimeoutError) as exc:
+            raise ConfigurationError(f"cannot run {binary} {flag}: {exc}") from exc
+        if proc.returncode != 0:
+            raise ConfigurationError(f"{binary} {flag} exited with {proc.returncode}")
+        return output.decode("utf-8", errors="replace")
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # forkserver: forking a process that already runs threads (aiokafka, uvicorn)
+        # can deadlock, and Python 3.12 warns about it.
+        context = multiprocessing.get_context("forkserver")
+        return ProcessPoolExecutor(max_workers=self._workers, mp_context=context)
+
+
+def _describe_exit(returncode: int | None, stderr: bytes) -> str:
+    if returncode is not None and returncode < 0:
+        reason = f"killed by {signal.Signals(-returncode).name}"
+    else:
+        reason = f"exit status {returncode}"
+    detail = stderr.decode("utf-8", errors="replace").strip().splitlines()
+    return f"{reason}: {detail[-1][:200]}" if detail else reason

@@ -1,0 +1,173 @@
+"""The production engine: an in-process vLLM v1 ``AsyncLLM`` (Qwen2.5-VL by default).
+
+This is the only module that imports vLLM, at the top, so that ``build_engine`` turns a
+missing install into one clear ``ConfigurationError``. The page logic (sizes, sampling,
+quality retries, capacity) lives in ``vllm_pages`` and ``vllm_requests``; here are only
+the client that speaks to vLLM and the translation of its errors at the edge:
+
+- ``vllm`` ``EngineDeadError`` (engine core process gone, CUDA error inside it), or a
+  CUDA ``RuntimeError`` raised in this process -> ``consumers.errors.EngineDeadError``
+  (fatal: the worker stops, ``/ready`` turns 503, it exits non-zero);
+- ``ValueError`` (vLLM's request validation, e.g. a prompt over the model length) and
+  ``EngineGenerateError`` while the engine still runs -> ``PageFailedError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import uuid
+from typing import Any
+
+import torch
+import vllm
+from prometheus_client import CollectorRegistry
+from transformers import AutoTokenizer
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.sampling_params import RequestOutputKind
+from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDeadError
+from vllm.v1.engine.exceptions import EngineGenerateError
+from vllm.v1.metrics.loggers import StatLoggerBase
+
+from consumers.engines.vllm_pages import (
+    EngineMetrics,
+    Generation,
+    GenerationRequest,
+    VllmClient,
+    VllmPageEngine,
+)
+from consumers.engines.vllm_requests import engine_kwargs
+from consumers.errors import EngineDeadError, PageFailedError
+from consumers.settings import VllmSettings
+
+log = logging.getLogger(__name__)
+
+_SENTINEL = "\x00medocr-prompt\x00"
+
+
+class MetricsStatLogger(StatLoggerBase):
+    """vLLM stat logger that feeds ``EngineMetrics`` after every engine step."""
+
+    def __init__(self, vllm_config: Any, engine_index: int = 0, *, metrics: EngineMetrics):
+        self._metrics = metrics
+
+    def record(
+        self,
+        scheduler_stats: Any,
+        iteration_stats: Any,
+        mm_cache_stats: Any = None,
+        engine_idx: int = 0,
+    ) -> None:
+        if scheduler_stats is not None:
+            self._metrics.observe_scheduler(
+                scheduler_stats.num_running_reqs,
+                scheduler_stats.num_waiting_reqs,
+                scheduler_stats.kv_cache_usage,
+            )
+        if iteration_stats is not None:
+            self._metrics.add_tokens(
+                iteration_stats.num_prompt_tokens, iteration_stats.num_generation_tokens
+            )
+
+    def log_engine_initialized(self) -> None:
+        return None
+
+
+def render_chat_template(model: str) -> str:
+    """The Qwen2.5-VL chat text for one user turn (image, then a sentinel prompt)."""
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": _SENTINEL}]}
+    ]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if not isinstance(text, str) or text.count(_SENTINEL) != 1:
+        raise PageFailedError(f"{model}'s chat template does not carry the prompt text")
+    return text
+
+
+class AsyncLlmClient:
+    """``VllmClient`` over ``AsyncLLM``; build it with ``connect``."""
+
+    def __init__(self, engine: AsyncLLM, template: str, settings: VllmSettings) -> None:
+        self._engine = engine
+        self._template = template
+        self._tokenizer = engine.get_tokenizer()
+        self._settings = settings
+
+    @classmethod
+    async def connect(cls, settings: VllmSettings, metrics: EngineMetrics) -> VllmClient:
+        log.info("starting vLLM %s with %s", vllm.__version__, settings.model_name)
+        args = AsyncEngineArgs(**engine_kwargs(settings))  # type: ignore[arg-type]
+        stat_logger = functools.partial(MetricsStatLogger, metrics=metrics)
+        # Built in the running loop, as vLLM's own server does: its output queue task
+        # starts here, so a core that fails at start is reported at once.
+        engine = AsyncLLM.from_engine_args(args, stat_loggers=[stat_logger])
+        template = await asyncio.to_thread(render_chat_template, settings.model_name)
+        return cls(engine, template, settings)
+
+    def kv_cache_tokens(self) -> int:
+        cache = self._engine.vllm_config.cache_config
+        return int(cache.num_gpu_blocks or 0) * int(cache.block_size)
+
+    def render_chat(self, prompt: str) -> str:
+        return self._template.replace(_SENTINEL, prompt)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._tokenizer.encode(text, add_special_tokens=False))
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        plan = request.sampling
+        params = vllm.SamplingParams(
+            temperature=plan.temperature,
+            top_p=plan.top_p,
+            max_tokens=plan.max_tokens,
+            ignore_eos=plan.ignore_eos,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+        prompt = {"prompt": request.chat_text, "multi_modal_data": {"image": request.image}}
+        try:
+            # The renderer runs the multimodal processor in its thread pool, off the loop.
+            (engine_input,) = await self._engine.renderer.render_cmpl_async([prompt])
+            final = None
+            async for output in self._engine.generate(
+                engine_input, params, request_id=f"page-{uuid.uuid4().hex}"
+            ):
+                final = output
+        except VllmEngineDeadError as exc:
+            raise EngineDeadError(f"vLLM engine died: {exc}") from exc
+        except EngineGenerateError as exc:
+            if self._engine.errored:
+                raise EngineDeadError(f"vLLM engine died: {exc.__cause__}") from exc
+            raise PageFailedError(f"engine failed on the page: {exc.__cause__}") from exc
+        except ValueError as exc:
+            raise PageFailedError(f"engine rejected the page: {exc}") from exc
+        except RuntimeError as exc:
+            if "CUDA" in str(exc) or self._engine.errored:
+                raise EngineDeadError(f"vLLM engine failed: {exc}") from exc
+            raise
+        if final is None or not final.outputs:
+            raise PageFailedError("engine returned no output for the page")
+        completion = final.outputs[0]
+        return Generation(
+            text=completion.text,
+            output_tokens=len(completion.token_ids),
+            finish_reason=completion.finish_reason,
+        )
+
+    def is_dead(self) -> bool:
+        return bool(self._engine.errored)
+
+    def gpu_available(self) -> bool:
+        return bool(torch.cuda.is_available())
+
+    def shutdown(self) -> None:
+        self._engine.shutdown()
+
+
+class VllmEngine(VllmPageEngine):
+    """``OCR_ENGINE=vllm``: the page engine over a real in-process ``AsyncLLM``."""
+
+    def __init__(self, settings: VllmSettings, registry: CollectorRegistry) -> None:
+        super().__init__(settings, registry, functools.partial(AsyncLlmClient.connect, settings))

@@ -1,0 +1,158 @@
+"""Turn a scan's bytes into page images an engine can read, or a clear poison error.
+
+Formats are recognised by their magic bytes (the declared content type is only checked
+against them); sizes are checked before anything is decoded, so a decompression bomb
+never reaches the decoder.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from consumers.errors import (
+    DocumentTooLargeError,
+    EmptyDocumentError,
+    ImageUriError,
+    PixelLimitError,
+    TooManyPagesError,
+    UnreadableImageError,
+    UnsupportedFormatError,
+)
+
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"II*\x00", "image/tiff"),
+    (b"MM\x00*", "image/tiff"),
+)
+SUPPORTED_TYPES = frozenset(mime for _, mime in _MAGIC)
+_PIL_FORMATS = {
+    "PNG": "image/png",
+    "JPEG": "image/jpeg",
+    "TIFF": "image/tiff",
+    "MPO": "image/jpeg",
+}
+
+# Our own pixel check runs before decoding; Pillow's warning-only default is replaced by it.
+Image.MAX_IMAGE_PIXELS = None
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_document_bytes: int = 20 * 1024 * 1024
+    max_pages: int = 50
+    max_pixels: int = 100_000_000
+    max_side_px: int = 4096
+
+
+def sniff_content_type(raw: bytes) -> str | None:
+    """The MIME type the bytes really are, or None when they are no supported image."""
+    for magic, mime in _MAGIC:
+        if raw.startswith(magic):
+            return mime
+    return None
+
+
+def read_image_uri(uri: str, roots: tuple[str, ...], limits: ImageLimits) -> bytes:
+    """Read a ``file://`` scan that lies below one of the allowed folders."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "file":
+        raise ImageUriError(
+            f"unsupported image_uri scheme {parsed.scheme!r} (only file://)"
+        )
+    if not roots:
+        raise ImageUriError("file:// image URIs are disabled (set OCR_FILE_URI_ROOTS)")
+    path = Path(unquote(parsed.path)).resolve()
+    if not any(path.is_relative_to(root) for root in roots):
+        raise ImageUriError("image_uri is outside OCR_FILE_URI_ROOTS")
+    try:
+        size = path.stat().st_size
+        if size > limits.max_document_bytes:
+            raise DocumentTooLargeError(
+                f"document is {size} bytes; the limit is {limits.max_document_bytes}"
+            )
+        return path.read_bytes()
+    except OSError as exc:
+        raise ImageUriError(f"cannot read image_uri: {exc.strerror}") from exc
+
+
+def load_pages(raw: bytes, limits: ImageLimits) -> list[Image.Image]:
+    """Decode every page of a PNG/JPEG/TIFF into 8-bit L or RGB, upright and bounded."""
+    if not raw:
+        raise EmptyDocumentError("document has zero bytes")
+    if len(raw) > limits.max_document_bytes:
+        raise DocumentTooLargeError(
+            f"document is {len(raw)} bytes; the limit is {limits.max_document_bytes}"
+        )
+    if sniff_content_type(raw) is None:
+        raise UnsupportedFormatError("not a PNG, JPEG or TIFF image (magic bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(raw))
+            return _decode_frames(image, limits)
+    except (PixelLimitError, TooManyPagesError):
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise UnreadableImageError(f"image cannot be decoded: {exc}") from exc
+
+
+def _decode_frames(image: Image.Image, limits: ImageLimits) -> list[Image.Image]:
+    frames = getattr(image, "n_frames", 1)
+    if frames > limits.max_pages:
+        raise TooManyPagesError(
+            f"document has {frames} pages; the limit is {limits.max_pages}"
+        )
+    pages = []
+    for index in range(frames):
+        image.seek(index)
+        width, height = image.size
+        if width * height > limits.max_pixels:
+            raise PixelLimitError(
+                f"page {index + 1} is {width}x{height} px; the limit is {limits.max_pixels} px"
+            )
+        if width == 0 or height == 0:
+            raise UnreadableImageError(f"page {index + 1} has no pixels")
+        image.load()
+        pages.append(normalize_page(image, limits.max_side_px))
+    return pages
+
+
+def normalize_page(frame: Image.Image, max_side_px: int) -> Image.Image:
+    """Upright, 8-bit gray or RGB, long side at most ``max_side_px``."""
+    page = ImageOps.exif_transpose(frame) or frame
+    page = _to_8bit(page)
+    if max(page.size) > max_side_px:
+        page = page.copy()
+        page.thumbnail((max_side_px, max_side_px), Image.Resampling.LANCZOS)
+    return page
+
+
+def _to_8bit(page: Image.Image) -> Image.Image:
+    mode = page.mode
+    if mode in ("L", "RGB"):
+        return page.copy()
+    if mode == "1":
+        return page.convert("L")
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16-bit gray: scale the real range to 0..255 rather than clip at 255.
+        wide = page.convert("I")
+        low, high = wide.getextrema()  # type: ignore[misc]
+        span = max(int(high) - int(low), 1)
+        return wide.point(lambda v: (v - low) * 255 / span).convert("L")
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in page.info):
+        rgba = page.convert("RGBA")
+        flat = Image.new("RGB", rgba.size, (255, 255, 255))
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        return flat
+    return page.convert("RGB")  # CMYK, YCbCr, palette without transparency, ...
+
+
+def pil_content_type(image: Image.Image) -> str | None:
+    return _PIL_FORMATS.get(image.format or "")

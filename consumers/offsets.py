@@ -1,0 +1,66 @@
+"""Which offset each partition may commit, given that records finish out of order.
+
+A partition commits only up to its first unfinished record: work that completes early
+never pushes the committed offset past work still in flight (at-least-once).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from aiokafka import TopicPartition
+
+
+@dataclass
+class _Partition:
+    inflight: deque[int] = field(default_factory=deque)  # admitted offsets, ascending
+    done: set[int] = field(default_factory=set)
+    next_offset: int | None = None  # first offset not yet safe to commit
+    committed: int | None = None
+
+
+class OffsetTracker:
+    def __init__(self) -> None:
+        self._partitions: dict[TopicPartition, _Partition] = {}
+
+    def admit(self, tp: TopicPartition, offset: int) -> None:
+        part = self._partitions.setdefault(tp, _Partition())
+        if part.inflight and offset <= part.inflight[-1]:
+            raise ValueError(
+                f"{tp.topic}[{tp.partition}]@{offset} admitted out of order"
+            )
+        part.inflight.append(offset)
+
+    def finish(self, tp: TopicPartition, offset: int) -> None:
+        part = self._partitions.get(tp)
+        if part is None:
+            return  # the partition was revoked meanwhile; nothing to commit for it
+        part.done.add(offset)
+        while part.inflight and part.inflight[0] in part.done:
+            part.done.discard(part.inflight[0])
+            part.next_offset = part.inflight.popleft() + 1
+
+    def ready(self) -> dict[TopicPartition, int]:
+        """Offsets to commit now: partitions whose safe offset moved since the last commit."""
+        return {
+            tp: part.next_offset
+            for tp, part in self._partitions.items()
+            if part.next_offset is not None and part.next_offset != part.committed
+        }
+
+    def committed(self, offsets: dict[TopicPartition, int]) -> None:
+        for tp, offset in offsets.items():
+            if tp in self._partitions:
+                self._partitions[tp].committed = offset
+
+    def first_unfinished(self, tp: TopicPartition) -> int | None:
+        part = self._partitions.get(tp)
+        return part.inflight[0] if part is not None and part.inflight else None
+
+    def unfinished(self, tp: TopicPartition | None = None) -> int:
+        parts = [self._partitions.get(tp)] if tp else list(self._partitions.values())
+        return sum(len(p.inflight) for p in parts if p is not None)
+
+    def forget(self, tp: TopicPartition) -> None:
+        self._partitions.pop(tp, None)

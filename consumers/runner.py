@@ -1,0 +1,184 @@
+"""Wire a worker from the settings: the only place that knows every collaborator."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from prometheus_client import CollectorRegistry
+
+from consumers.budget import PageBudget
+from consumers.documents import DocumentRecognizer, RecognizerOptions
+from consumers.engines import OcrEngine, build_engine
+from consumers.errors import ConfigurationError
+from consumers.images import ImageLimits
+from consumers.metrics import WorkerMetrics
+from consumers.retry import RetryPolicy
+from consumers.settings import Settings
+from consumers.sidecar import SidecarServer, build_sidecar
+from consumers.worker import LoopOptions, OcrWorker, WorkerState
+from producers.kafka import ProducerOptions, build_producer, fetch_bytes_for
+from producers.results import ResultPublisher
+from schemas import OcrRequest, PageText
+from schemas.records import PageProgress, utc_now
+
+log = logging.getLogger(__name__)
+
+
+def image_limits(settings: Settings) -> ImageLimits:
+    limits = settings.limits
+    return ImageLimits(
+        max_document_bytes=limits.max_document_bytes,
+        max_pages=limits.max_pages,
+        max_pixels=limits.max_pixels,
+        max_side_px=limits.max_side_px,
+    )
+
+
+def producer_options(settings: Settings) -> ProducerOptions:
+    return ProducerOptions(
+        enable_idempotence=settings.kafka.enable_idempotence,
+        max_document_bytes=settings.limits.max_document_bytes,
+    )
+
+
+async def start_producer(settings: Settings) -> AIOKafkaProducer:
+    producer = build_producer(settings.kafka.client_kwargs(), producer_options(settings))
+    try:
+        await producer.start()
+    except KafkaError as exc:
+        await producer.stop()
+        hint = (
+            " (this broker may not support idempotent producers:"
+            " set KAFKA_ENABLE_IDEMPOTENCE=false for the embedded broker)"
+            if settings.kafka.enable_idempotence
+            else ""
+        )
+        raise ConfigurationError(f"cannot start the Kafka producer: {exc!r}{hint}") from exc
+    return producer
+
+
+def build_consumer(settings: Settings) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        **settings.kafka.client_kwargs(),
+        group_id=settings.kafka.consumer_group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=fetch_bytes_for(settings.limits.max_document_bytes),
+        fetch_max_bytes=max(52_428_800, fetch_bytes_for(settings.limits.max_document_bytes)),
+        # a whole batch of slow pages may sit between two fetches
+        max_poll_interval_ms=600_000,
+    )
+
+
+async def run_worker(
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    burst: bool = False,
+    engine: OcrEngine | None = None,
+    registry: CollectorRegistry | None = None,
+) -> None:
+    """Start engine, clients and sidecar; consume until ``stop``; shut everything down."""
+    registry = registry or CollectorRegistry()
+    engine = engine or build_engine(settings, registry)
+    metrics = WorkerMetrics(registry, engine.name)
+    state = WorkerState(engine=engine)
+    sidecar = SidecarServer(
+        build_sidecar(state, metrics, registry, _secret(settings)),
+        settings.sidecar.host,
+        settings.sidecar.port,
+    )
+    await sidecar.start()
+    log.info("sidecar on %s:%d", settings.sidecar.host, sidecar.port)
+    try:
+        await engine.start()
+        producer = await start_producer(settings)
+        try:
+            await _consume(settings, stop, burst, engine, metrics, state, producer)
+        finally:
+            await producer.stop()
+    finally:
+        await engine.close()
+        await sidecar.stop()
+
+
+async def _consume(
+    settings: Settings,
+    stop: asyncio.Event,
+    burst: bool,
+    engine: OcrEngine,
+    metrics: WorkerMetrics,
+    state: WorkerState,
+    producer: AIOKafkaProducer,
+) -> None:
+    kafka, batch = settings.kafka, settings.batch
+    publisher = ResultPublisher(
+        producer,
+        result_topic=kafka.result_topic,
+        dlq_topic=kafka.dlq_topic,
+        progress_topic=kafka.progress_topic,
+    )
+    budget = PageBudget(batch.max_inflight_pages or engine.capacity())
+    retry = RetryPolicy(attempts=batch.retry_attempts, max_s=batch.retry_backoff_max_s)
+    recognizer = DocumentRecognizer(
+        engine,
+        budget,
+        metrics,
+        RecognizerOptions(
+            limits=image_limits(settings),
+            uri_roots=settings.limits.uri_roots(),
+            default_prompt=settings.prompt,
+            default_max_tokens=settings.vllm.default_max_tokens,
+            retry=retry,
+            worker_id=socket.gethostname(),
+        ),
+        on_page=_progress_sender(publisher) if batch.publish_progress else None,
+    )
+    consumer = build_consumer(settings)
+    worker = OcrWorker(
+        consumer,
+        publisher,
+        recognizer,
+        budget,
+        metrics,
+        state,
+        options=LoopOptions(
+            max_records=batch.max_records,
+            max_wait_ms=batch.max_wait_ms,
+            drain_timeout_s=batch.drain_timeout_s,
+        ),
+        publish_retry=retry,
+    )
+    consumer.subscribe([kafka.input_topic], listener=worker.rebalance_listener())
+    await consumer.start()
+    try:
+        await worker.run(stop, burst=burst)
+    finally:
+        await consumer.stop()
+
+
+def _progress_sender(publisher: ResultPublisher):  # type: ignore[no-untyped-def]
+    async def send(request: OcrRequest, page: PageText, page_count: int) -> None:
+        if page_count < 2:
+            return  # the result itself follows at once
+        await publisher.send_progress(
+            PageProgress(
+                document_id=request.document_id,
+                page_number=page.page_number,
+                page_count=page_count,
+                status=page.status,
+                emitted_at=utc_now(),
+                text=page.text,
+            )
+        )
+
+    return send
+
+
+def _secret(settings: Settings) -> str | None:
+    key = settings.sidecar.api_key
+    return key.get_secret_value() if key is not None else None

@@ -1,0 +1,214 @@
+"""Configuration: one frozen object, read from the environment once at the entry point.
+
+Nothing below ``consumers.cli`` reads ``os.environ``; constructors take the values they
+need. Every environment name is listed in the README's configuration table, and the
+deploy files may only set names that appear here (a test checks both).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PROMPT = "이 의료 문서의 모든 텍스트를 정확하게 추출하라."
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name)
+
+
+class _Group(BaseSettings):
+    model_config = SettingsConfigDict(
+        frozen=True, extra="ignore", populate_by_name=True
+    )
+
+
+class KafkaSettings(_Group):
+    bootstrap_servers: str = Field(
+        "localhost:9092", validation_alias=_env("KAFKA_BOOTSTRAP_SERVERS")
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
+        Field("PLAINTEXT", validation_alias=_env("KAFKA_SECURITY_PROTOCOL"))
+    )
+    sasl_mechanism: str | None = Field(
+        None, validation_alias=_env("KAFKA_SASL_MECHANISM")
+    )
+    sasl_username: str | None = Field(
+        None, validation_alias=_env("KAFKA_SASL_USERNAME")
+    )
+    sasl_password: SecretStr | None = Field(
+        None, validation_alias=_env("KAFKA_SASL_PASSWORD")
+    )
+    ssl_cafile: str | None = Field(None, validation_alias=_env("KAFKA_SSL_CAFILE"))
+    # Apache Kafka supports idempotent producers; the embedded tansu broker does not.
+    enable_idempotence: bool = Field(
+        True, validation_alias=_env("KAFKA_ENABLE_IDEMPOTENCE")
+    )
+    input_topic: str = Field("ocr.requests", validation_alias=_env("OCR_INPUT_TOPIC"))
+    result_topic: str = Field("ocr.results", validation_alias=_env("OCR_RESULT_TOPIC"))
+    dlq_topic: str = Field("ocr.requests.dlq", validation_alias=_env("OCR_DLQ_TOPIC"))
+    progress_topic: str = Field(
+        "ocr.progress", validation_alias=_env("OCR_PROGRESS_TOPIC")
+    )
+    consumer_group: str = Field(
+        "medocr-workers", validation_alias=_env("OCR_CONSUMER_GROUP")
+    )
+    partitions: int = Field(6, ge=1, validation_alias=_env("OCR_TOPIC_PARTITIONS"))
+
+    def client_kwargs(self) -> dict[str, object]:
+        """Connection and security options shared by every aiokafka client."""
+        kwargs: dict[str, object] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.security_protocol,
+        }
+        if self.security_protocol.startswith("SASL"):
+            kwargs["sasl_mechanism"] = self.sasl_mechanism or "PLAIN"
+            kwargs["sasl_plain_username"] = self.sasl_username
+            if self.sasl_password is not None:
+                kwargs["sasl_plain_password"] = self.sasl_password.get_secret_value()
+        if self.security_protocol.endswith("SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            kwargs["ssl_context"] = create_ssl_context(cafile=self.ssl_cafile)
+        return kwargs
+
+
+class LimitSettings(_Group):
+    max_document_bytes: int = Field(
+        20 * 1024 * 1024, ge=1, validation_alias=_env("OCR_MAX_DOCUMENT_BYTES")
+    )
+    max_pages: int = Field(50, ge=1, validation_alias=_env("OCR_MAX_PAGES"))
+    max_pixels: int = Field(
+        100_000_000, ge=1, validation_alias=_env("OCR_MAX_PIXELS")
+    )  # per page, checked from the header before decoding (decompression bombs)
+    max_side_px: int = Field(4096, ge=64, validation_alias=_env("OCR_MAX_SIDE_PX"))
+    # file:// image URIs are read only below these folders (comma separated); empty = refused.
+    file_uri_roots: str = Field("", validation_alias=_env("OCR_FILE_URI_ROOTS"))
+
+    def uri_roots(self) -> tuple[str, ...]:
+        return tuple(
+            os.path.abspath(root)
+            for root in self.file_uri_roots.split(",")
+            if root.strip()
+        )
+
+
+class BatchSettings(_Group):
+    max_records: int = Field(16, ge=1, validation_alias=_env("OCR_BATCH_MAX_RECORDS"))
+    max_wait_ms: int = Field(200, ge=0, validation_alias=_env("OCR_BATCH_MAX_WAIT_MS"))
+    # 0 = let the engine say how many pages it can hold at once.
+    max_inflight_pages: int = Field(
+        0, ge=0, validation_alias=_env("OCR_MAX_INFLIGHT_PAGES")
+    )
+    retry_attempts: int = Field(4, ge=1, validation_alias=_env("OCR_RETRY_ATTEMPTS"))
+    retry_backoff_max_s: float = Field(
+        10.0, gt=0, validation_alias=_env("OCR_RETRY_BACKOFF_MAX_S")
+    )
+    drain_timeout_s: float = Field(
+        60.0, gt=0, validation_alias=_env("OCR_DRAIN_TIMEOUT_S")
+    )
+    publish_progress: bool = Field(False, validation_alias=_env("OCR_PUBLISH_PROGRESS"))
+
+
+class TesseractSettings(_Group):
+    languages: str = Field("kor+eng", validation_alias=_env("TESSERACT_LANG"))
+    workers: int = Field(
+        0, ge=0, validation_alias=_env("TESSERACT_WORKERS")
+    )  # 0 = CPU count
+    page_timeout_s: float = Field(
+        120.0, gt=0, validation_alias=_env("TESSERACT_PAGE_TIMEOUT_S")
+    )
+    psm: int = Field(3, ge=0, le=13, validation_alias=_env("TESSERACT_PSM"))
+    preprocess: bool = Field(True, validation_alias=_env("TESSERACT_PREPROCESS"))
+
+    def worker_count(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+
+class VllmSettings(_Group):
+    model_name: str = Field(
+        "Qwen/Qwen2.5-VL-7B-Instruct", validation_alias=_env("MODEL_NAME")
+    )
+    tensor_parallel_size: int = Field(
+        1, ge=1, validation_alias=_env("TENSOR_PARALLEL_SIZE")
+    )
+    gpu_memory_util: float = Field(
+        0.90, gt=0, le=1, validation_alias=_env("GPU_MEMORY_UTIL")
+    )
+    max_model_len: int = Field(8192, ge=256, validation_alias=_env("MAX_MODEL_LEN"))
+    max_num_seqs: int = Field(32, ge=1, validation_alias=_env("MAX_NUM_SEQS"))
+    max_num_batched_tokens: int = Field(
+        16384, ge=256, validation_alias=_env("ENGINE_MAX_NUM_BATCHED_TOKENS")
+    )
+    load_format: str = Field("auto", validation_alias=_env("ENGINE_LOAD_FORMAT"))
+    min_pixels: int = Field(3136, ge=1, validation_alias=_env("ENGINE_MIN_PIXELS"))
+    max_pixels: int = Field(
+        1280 * 28 * 28, ge=1, validation_alias=_env("ENGINE_MAX_PIXELS")
+    )
+    enable_prefix_caching: bool = Field(
+        False, validation_alias=_env("ENGINE_PREFIX_CACHING")
+    )
+    mm_processor_cache_gb: float = Field(
+        0.0, ge=0, validation_alias=_env("ENGINE_MM_CACHE_GB")
+    )
+    enforce_eager: bool = Field(False, validation_alias=_env("ENGINE_ENFORCE_EAGER"))
+    quality_retries: int = Field(
+        2, ge=0, validation_alias=_env("ENGINE_QUALITY_RETRIES")
+    )
+    default_max_tokens: int = Field(
+        4096, ge=1, validation_alias=_env("ENGINE_DEFAULT_MAX_TOKENS")
+    )
+    dtype: Literal["auto", "bfloat16", "float16"] = Field(
+        "auto", validation_alias=_env("ENGINE_DTYPE")
+    )
+    # Threads that resize pages and run vLLM's multimodal processor off the event loop.
+    prep_threads: int = Field(
+        4, ge=1, le=64, validation_alias=_env("ENGINE_PREP_THREADS")
+    )
+    # Benchmark-only: every page generates exactly max_tokens (EOS is ignored).
+    ignore_eos: bool = Field(False, validation_alias=_env("ENGINE_IGNORE_EOS"))
+
+
+class SidecarSettings(_Group):
+    host: str = Field("0.0.0.0", validation_alias=_env("HOST"))  # noqa: S104 - container probe port
+    port: int = Field(8000, ge=0, le=65535, validation_alias=_env("PORT"))
+    api_key: SecretStr | None = Field(None, validation_alias=_env("API_KEY"))
+
+
+class Settings(_Group):
+    """Everything the worker and the CLI read from the environment."""
+
+    engine: Literal["tesseract", "vllm"] = Field(
+        "tesseract", validation_alias=_env("OCR_ENGINE")
+    )
+    prompt: str = Field(DEFAULT_PROMPT, validation_alias=_env("OCR_DEFAULT_PROMPT"))
+    log_level: str = Field("INFO", validation_alias=_env("LOG_LEVEL"))
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    tesseract: TesseractSettings = Field(default_factory=TesseractSettings)
+    vllm: VllmSettings = Field(default_factory=VllmSettings)
+    sidecar: SidecarSettings = Field(default_factory=SidecarSettings)
+
+
+def env_names() -> set[str]:
+    """Every environment variable the settings read (for docs and deploy checks)."""
+    names: set[str] = set()
+    groups: list[type[BaseSettings]] = [
+        Settings,
+        KafkaSettings,
+        LimitSettings,
+        BatchSettings,
+        TesseractSettings,
+        VllmSettings,
+        SidecarSettings,
+    ]
+    for group in groups:
+        for field in group.model_fields.values():
+            alias = field.validation_alias
+            if isinstance(alias, AliasChoices):
+                names.update(str(choice) for choice in alias.choices)
+    return names

@@ -1,0 +1,318 @@
+"""The worker loop: fetch a micro-batch → recognise → publish → commit, at least once.
+
+Every record runs as its own task so that a slow document never blocks the ones behind
+it; the page budget pauses fetching instead of buffering without bound. Offsets are
+committed only up to each partition's first unresolved record, after the broker has
+acknowledged that record's result (and dead letter). A fatal error stops the loop at
+once, commits nothing more and is raised to the entry point; a stop request drains the
+records in flight, commits them and returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from consumers.budget import PageBudget
+from consumers.documents import DocumentRecognizer, Msg, Outcome, where
+from consumers.engines import OcrEngine
+from consumers.errors import BrokerUnavailableError, FatalError
+from consumers.metrics import WorkerMetrics
+from consumers.offsets import OffsetTracker
+from consumers.retry import RetryPolicy, retry_transient
+from producers.results import ResultPublisher
+
+log = logging.getLogger(__name__)
+
+LAG_INTERVAL_S = 5.0
+
+
+class WorkerFailedError(FatalError):
+    """The worker stopped on a fatal error; the uncommitted records will be replayed."""
+
+    error_code = "WORKER_FAILED"
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    max_records: int = 16
+    max_wait_ms: int = 200
+    drain_timeout_s: float = 60.0
+
+
+@dataclass
+class WorkerState:
+    """What the sidecar reads: a snapshot, written only by the worker."""
+
+    engine: OcrEngine
+    joined: bool = False
+    assigned: frozenset[TopicPartition] = frozenset()
+    inflight_records: int = 0
+    failure: str | None = None
+    stopping: bool = False
+
+    def ready(self) -> bool:
+        healthy = self.engine.health().loaded and self.failure is None
+        return healthy and self.joined and not self.stopping
+
+
+@dataclass
+class _Inflight:
+    tasks: dict[asyncio.Task[None], TopicPartition] = field(default_factory=dict)
+
+    def of(self, tps: Iterable[TopicPartition]) -> list[asyncio.Task[None]]:
+        wanted = set(tps)
+        return [task for task, tp in self.tasks.items() if tp in wanted]
+
+
+class OcrWorker:
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        publisher: ResultPublisher,
+        recognizer: DocumentRecognizer,
+        budget: PageBudget,
+        metrics: WorkerMetrics,
+        state: WorkerState,
+        *,
+        options: LoopOptions,
+        publish_retry: RetryPolicy,
+    ) -> None:
+        self._consumer = consumer
+        self._publisher = publisher
+        self._recognizer = recognizer
+        self._budget = budget
+        self._metrics = metrics
+        self._state = state
+        self._options = options
+        self._publish_retry = publish_retry
+        self._offsets = OffsetTracker()
+        self._inflight = _Inflight()
+        self._failure: BaseException | None = None
+        self._paused = False
+        self._next_lag_at = 0.0
+        metrics.inflight_limit.set(budget.limit)
+
+    def rebalance_listener(self) -> ConsumerRebalanceListener:
+        return _RebalanceListener(self)
+
+    async def run(self, stop: asyncio.Event, *, burst: bool = False) -> None:
+        """Consume until ``stop`` is set (or, with ``burst``, until the input is drained)."""
+        try:
+            while not stop.is_set():
+                self._raise_if_failed()
+                await self._commit_ready()
+                await self._update_lag()
+                if self._budget.room() == 0:
+                    self._pause()
+                    await self._budget.wait_for_room(self._options.max_wait_ms / 1000)
+                    continue
+                self._resume()
+                fetched = await self._fetch()
+                if burst and not fetched and await self._drained():
+                    log.info("burst: input drained, stopping")
+                    break
+            self._state.stopping = True
+            await self._drain(list(self._inflight.tasks))
+            self._raise_if_failed()
+            await self._commit_ready()
+        except BaseException:
+            self._state.stopping = True
+            await self._cancel(list(self._inflight.tasks))
+            raise
+
+    async def _fetch(self) -> int:
+        room = self._budget.room()
+        batch = await self._consumer.getmany(
+            timeout_ms=self._options.max_wait_ms,
+            max_records=min(self._options.max_records, room),
+        )
+        count = sum(len(msgs) for msgs in batch.values())
+        if count:
+            self._metrics.batch_size.observe(count)
+        for tp, msgs in batch.items():
+            for msg in msgs:
+                self._admit(tp, msg)
+        return count
+
+    def _admit(self, tp: TopicPartition, msg: Msg) -> None:
+        self._offsets.admit(tp, msg.offset)
+        self._budget.reserve(1)
+        self._metrics.inflight_pages.inc()
+        self._metrics.inflight_records.inc()
+        self._state.inflight_records += 1
+        task = asyncio.create_task(self._handle(tp, msg), name=where(msg))
+        self._inflight.tasks[task] = tp
+        task.add_done_callback(self._task_done)
+
+    async def _handle(self, tp: TopicPartition, msg: Msg) -> None:
+        try:
+            outcome = await self._recognizer.recognize(msg)
+            await retry_transient(
+                lambda: self._publish(outcome),
+                self._publish_retry,
+                what=f"{where(msg)} publish",
+                on_retry=lambda exc: self._metrics.retries.labels(
+                    reason="publish"
+                ).inc(),
+            )
+            self._offsets.finish(tp, msg.offset)
+            self._account(outcome)
+        finally:
+            self._budget.release(1)
+            self._metrics.inflight_pages.dec()
+            self._metrics.inflight_records.dec()
+            self._state.inflight_records -= 1
+
+    async def _publish(self, outcome: Outcome) -> None:
+        try:
+            deliveries = [await self._publisher.send_result(outcome.result)]
+            if outcome.dead_letter is not None:
+                deliveries.append(
+                    await self._publisher.send_dead_letter(outcome.dead_letter)
+                )
+            await asyncio.gather(*deliveries)
+        except KafkaError as exc:
+            if getattr(exc, "retriable", False):
+                raise BrokerUnavailableError(f"publish failed: {exc}") from exc
+            raise FatalError(f"the broker refused a result: {exc!r}") from exc
+
+    def _account(self, outcome: Outcome) -> None:
+        result = outcome.result
+        self._metrics.records.labels(outcome=result.status.value.lower()).inc()
+        if outcome.dead_letter is not None:
+            self._metrics.dead_letters.labels(
+                error_code=outcome.dead_letter.error_code
+            ).inc()
+        if result.end_to_end_ms is not None and result.end_to_end_ms >= 0:
+            self._metrics.end_to_end_seconds.observe(result.end_to_end_ms / 1000)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.tasks.pop(task, None)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and self._failure is None:
+            log.error("%s: fatal %s: %s", task.get_name(), type(exc).__name__, exc)
+            self._failure = exc
+            self._state.failure = type(exc).__name__
+            self._budget.release(0)  # wake the loop
+
+    def _raise_if_failed(self) -> None:
+        if self._failure is not None:
+            raise WorkerFailedError(str(self._failure)) from self._failure
+
+    async def _commit_ready(self, only: Iterable[TopicPartition] | None = None) -> None:
+        offsets = self._offsets.ready()
+        if only is not None:
+            keep = set(only)
+            offsets = {tp: off for tp, off in offsets.items() if tp in keep}
+        if not offsets or self._failure is not None:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except CommitFailedError as exc:
+            # The group moved on (rebalance): the new owner replays from the last commit.
+            log.warning("commit rejected after a rebalance: %s", exc)
+            return
+        except KafkaError as exc:
+            if not getattr(exc, "retriable", False):
+                raise FatalError(f"offset commit failed: {exc!r}") from exc
+            log.warning("commit failed (%s); retrying with the next batch", exc)
+            return
+        self._offsets.committed(offsets)
+        self._metrics.commits.inc()
+        for tp, offset in offsets.items():
+            log.debug("committed %s[%d]@%d", tp.topic, tp.partition, offset)
+
+    async def _drain(self, tasks: list[asyncio.Task[None]]) -> None:
+        if not tasks:
+            return
+        log.info("draining %d records in flight", len(tasks))
+        _, pending = await asyncio.wait(tasks, timeout=self._options.drain_timeout_s)
+        if pending:
+            log.warning("abandoning %d records after the drain timeout", len(pending))
+            await self._cancel(list(pending))
+
+    @staticmethod
+    async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _pause(self) -> None:
+        if not self._paused:
+            self._consumer.pause(*self._consumer.assignment())
+            self._paused = True
+
+    def _resume(self) -> None:
+        if self._paused:
+            self._consumer.resume(*self._consumer.assignment())
+            self._paused = False
+
+    async def _drained(self) -> bool:
+        assignment = self._consumer.assignment()
+        if not self._state.joined or not assignment or self._inflight.tasks:
+            return False
+        ends = await self._consumer.end_offsets(list(assignment))
+        for tp in assignment:
+            if await self._consumer.position(tp) < ends[tp]:
+                return False
+        return True
+
+    async def _update_lag(self) -> None:
+        """Records not yet resolved per partition: end of log minus first unfinished."""
+        now = time.monotonic()
+        if now < self._next_lag_at:
+            return
+        self._next_lag_at = now + LAG_INTERVAL_S
+        for tp in self._consumer.assignment():
+            end = self._consumer.highwater(tp)
+            if end is None:
+                continue
+            first = self._offsets.first_unfinished(tp)
+            if first is None:
+                first = await self._consumer.position(tp)
+            self._metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(
+                max(end - first, 0)
+            )
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        log.info(
+            "partitions revoked: %s", sorted((tp.topic, tp.partition) for tp in revoked)
+        )
+        self._state.assigned = self._state.assigned - revoked
+        await self._drain(self._inflight.of(revoked))
+        await self._commit_ready(only=revoked)
+        for tp in revoked:
+            self._offsets.forget(tp)
+            with contextlib.suppress(KeyError):
+                self._metrics.lag.remove(tp.topic, str(tp.partition))
+
+    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info(
+            "partitions assigned: %s",
+            sorted((tp.topic, tp.partition) for tp in assigned),
+        )
+        self._state.joined = True
+        self._state.assigned = frozenset(assigned)
+        self._paused = False
+
+
+class _RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: OcrWorker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._worker.on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._worker.on_assigned(assigned)

@@ -1,0 +1,88 @@
+"""Turn scan files into OCR requests and publish them keyed by document id."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.structs import RecordMetadata
+
+from schemas import OcrRequest
+from schemas.records import utc_now
+
+SCAN_SUFFIXES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
+                 ".tif": "image/tiff", ".tiff": "image/tiff"}
+_MAGIC = ((b"\x89PNG", "image/png"), (b"\xff\xd8\xff", "image/jpeg"),
+          (b"II*\x00", "image/tiff"), (b"MM\x00*", "image/tiff"))
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    prompt: str | None = None
+    max_tokens: int = 4096
+    temperature: float = 0.0
+    source_system: str | None = "medocr-cli"
+    by_reference: bool = False  # send file:// URIs instead of the bytes
+    id_prefix: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+def find_scans(paths: Sequence[Path]) -> list[Path]:
+    """Files as given, and the scans inside folders (recursively, sorted)."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(
+                p for p in sorted(path.rglob("*"))
+                if p.is_file() and p.suffix.lower() in SCAN_SUFFIXES
+            )
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"no such file or folder: {path}")
+    return found
+
+
+def content_type_of(path: Path, head: bytes) -> str:
+    """The type the bytes are; the suffix only when the bytes say nothing."""
+    for magic, mime in _MAGIC:
+        if head.startswith(magic):
+            return mime
+    return SCAN_SUFFIXES.get(path.suffix.lower(), "application/octet-stream")
+
+
+def build_request(path: Path, options: RequestOptions) -> OcrRequest:
+    raw = path.read_bytes() if not options.by_reference else None
+    head = raw[:8] if raw is not None else path.open("rb").read(8)
+    return OcrRequest(
+        document_id=options.id_prefix + path.stem,
+        content_type=content_type_of(path, head),
+        submitted_at=utc_now(),
+        image=raw,
+        image_uri=path.resolve().as_uri() if options.by_reference else None,
+        prompt=options.prompt,
+        max_tokens=options.max_tokens,
+        temperature=options.temperature,
+        source_system=options.source_system,
+        attributes=dict(options.attributes),
+    )
+
+
+def iter_requests(paths: Sequence[Path], options: RequestOptions) -> Iterator[OcrRequest]:
+    for path in find_scans(paths):
+        yield build_request(path, options)
+
+
+class ScanPublisher:
+    def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
+        self._producer = producer
+        self._topic = topic
+
+    async def publish(self, request: OcrRequest) -> asyncio.Future[RecordMetadata]:
+        """Queue one request; the returned future resolves when the broker has it."""
+        return await self._producer.send(
+            self._topic, request.encode(), key=request.document_id.encode()
+        )

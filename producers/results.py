@@ -1,0 +1,49 @@
+"""Publishing what the worker produces: results, dead letters and page progress."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.structs import RecordMetadata
+
+from schemas import DeadLetter, OcrResult, PageProgress
+
+
+class ResultPublisher:
+    """Sends results keyed by document id; each ``send_*`` returns the delivery future."""
+
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        *,
+        result_topic: str,
+        dlq_topic: str,
+        progress_topic: str,
+    ) -> None:
+        self._producer = producer
+        self._result_topic = result_topic
+        self._dlq_topic = dlq_topic
+        self._progress_topic = progress_topic
+
+    async def send_result(self, result: OcrResult) -> asyncio.Future[RecordMetadata]:
+        return await self._producer.send(
+            self._result_topic, result.encode(), key=result.document_id.encode()
+        )
+
+    async def send_dead_letter(
+        self, letter: DeadLetter
+    ) -> asyncio.Future[RecordMetadata]:
+        return await self._producer.send(
+            self._dlq_topic, letter.encode(), key=letter.key
+        )
+
+    async def send_progress(
+        self, progress: PageProgress
+    ) -> asyncio.Future[RecordMetadata]:
+        return await self._producer.send(
+            self._progress_topic, progress.encode(), key=progress.document_id.encode()
+        )
+
+    async def flush(self) -> None:
+        await self._producer.flush()

@@ -1,0 +1,88 @@
+"""Fixtures shared by every test folder: a real broker, isolated topics, settings."""
+
+from __future__ import annotations
+
+import functools
+import os
+import uuid
+import warnings
+from collections.abc import Iterator
+
+import pytest
+
+from consumers.broker import EmbeddedBroker, ensure_topics
+from consumers.settings import Settings
+
+
+@functools.cache
+def _docker_answers() -> bool:
+    if not os.environ.get("DOCKER_HOST") and not os.path.exists("/var/run/docker.sock"):
+        return False
+    import docker  # type: ignore[import-untyped]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        try:
+            client = docker.from_env(timeout=2)
+        except Exception:  # noqa: BLE001 - any failure means "no usable Docker daemon"
+            return False
+        try:
+            return bool(client.ping())
+        except Exception:  # noqa: BLE001
+            return False
+        finally:
+            client.close()
+
+
+@pytest.fixture(scope="session")
+def bootstrap_servers() -> Iterator[str]:
+    """KAFKA_BOOTSTRAP_SERVERS if set, else testcontainers Kafka, else the embedded broker."""
+    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if configured:
+        yield configured
+        return
+    if _docker_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer() as kafka:
+            yield kafka.get_bootstrap_server()
+        return
+    with EmbeddedBroker() as broker:
+        yield broker.bootstrap_servers
+
+
+@pytest.fixture(scope="session")
+def idempotence(bootstrap_servers: str) -> bool:
+    """Apache Kafka supports idempotent producers; the embedded tansu broker does not."""
+    env = os.environ.get("KAFKA_ENABLE_IDEMPOTENCE")
+    if env is not None:
+        return env.lower() in ("1", "true", "yes")
+    return bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS")) or _docker_answers()
+
+
+@pytest.fixture
+async def settings(bootstrap_servers: str, idempotence: bool) -> Settings:
+    """Settings with this test's own topics and consumer group, topics created."""
+    suffix = uuid.uuid4().hex[:8]
+    base = Settings()
+    kafka = base.kafka.model_copy(
+        update={
+            "bootstrap_servers": bootstrap_servers,
+            "enable_idempotence": idempotence,
+            "input_topic": f"req-{suffix}",
+            "result_topic": f"res-{suffix}",
+            "dlq_topic": f"dlq-{suffix}",
+            "progress_topic": f"prog-{suffix}",
+            "consumer_group": f"grp-{suffix}",
+            "partitions": 4,
+        }
+    )
+    sidecar = base.sidecar.model_copy(update={"host": "127.0.0.1", "port": 0})
+    batch = base.batch.model_copy(update={"max_wait_ms": 100, "drain_timeout_s": 20})
+    settings = base.model_copy(update={"kafka": kafka, "sidecar": sidecar, "batch": batch})
+    await ensure_topics(
+        kafka.client_kwargs(),
+        [kafka.input_topic, kafka.result_topic, kafka.dlq_topic, kafka.progress_topic],
+        kafka.partitions,
+    )
+    return settings

@@ -1,0 +1,73 @@
+"""Publishing requests and reading topics back in tests, against a real broker."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from consumers.runner import producer_options
+from consumers.settings import Settings
+from producers.kafka import build_producer
+from schemas import DeadLetter, OcrRequest, OcrResult
+
+
+async def publish_raw(settings: Settings, records: Iterable[tuple[bytes | None, bytes | None]]) -> None:
+    producer: AIOKafkaProducer = build_producer(
+        settings.kafka.client_kwargs(), producer_options(settings)
+    )
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(settings.kafka.input_topic, value, key=key)
+            for key, value in records
+        ]
+        for future in futures:
+            await future
+    finally:
+        await producer.stop()
+
+
+async def publish_requests(settings: Settings, requests: Iterable[OcrRequest]) -> None:
+    await publish_raw(
+        settings, ((r.document_id.encode(), r.encode()) for r in requests)
+    )
+
+
+async def read_topic(settings: Settings, topic: str, count: int, timeout_s: float = 60) -> list[bytes]:
+    """Every value on ``topic`` from the beginning, until ``count`` arrived or time is up."""
+    consumer = AIOKafkaConsumer(**settings.kafka.client_kwargs(), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        values: list[bytes] = []
+        deadline = time.monotonic() + timeout_s
+        while len(values) < count and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            values.extend(m.value for msgs in batch.values() for m in msgs if m.value)
+        return values
+    finally:
+        await consumer.stop()
+
+
+@dataclass
+class Outputs:
+    results: list[OcrResult]
+    dead_letters: list[DeadLetter]
+
+    def by_id(self) -> dict[str, OcrResult]:
+        return {r.document_id: r for r in self.results}
+
+
+async def read_outputs(settings: Settings, results: int, dead_letters: int = 0,
+                       timeout_s: float = 60) -> Outputs:
+    kafka = settings.kafka
+    return Outputs(
+        [OcrResult.decode(v) for v in await read_topic(settings, kafka.result_topic, results, timeout_s)],
+        [DeadLetter.decode(v) for v in await read_topic(settings, kafka.dlq_topic, dead_letters, 5 if not dead_letters else timeout_s)],
+    )
