@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -134,7 +135,7 @@ async def _consume(
             default_prompt=settings.prompt,
             default_max_tokens=settings.vllm.default_max_tokens,
             retry=retry,
-            worker_id=socket.gethostname(),
+            worker_id=f"{socket.gethostname()}:{os.getpid()}",
         ),
         on_page=_progress_sender(publisher) if batch.publish_progress else None,
     )

@@ -39,18 +39,20 @@ from consumers.engines.vllm_pages import (
     VllmPageEngine,
 )
 from consumers.engines.vllm_requests import engine_kwargs
-from consumers.errors import EngineDeadError, PageFailedError
+from consumers.errors import ConfigurationError, EngineDeadError, PageFailedError
 from consumers.settings import VllmSettings
 
 log = logging.getLogger(__name__)
 
-_SENTINEL = "\x00medocr-prompt\x00"
+PROMPT_SENTINEL = "\x00medocr-prompt\x00"
 
 
-class MetricsStatLogger(StatLoggerBase):
+class MetricsStatLogger(StatLoggerBase):  # type: ignore[misc]  # vllm is untyped here
     """vLLM stat logger that feeds ``EngineMetrics`` after every engine step."""
 
-    def __init__(self, vllm_config: Any, engine_index: int = 0, *, metrics: EngineMetrics):
+    def __init__(
+        self, vllm_config: Any, engine_index: int = 0, *, metrics: EngineMetrics
+    ):
         self._metrics = metrics
 
     def record(
@@ -75,44 +77,62 @@ class MetricsStatLogger(StatLoggerBase):
         return None
 
 
-def render_chat_template(model: str) -> str:
-    """The Qwen2.5-VL chat text for one user turn (image, then a sentinel prompt)."""
+def load_chat_template(model: str) -> tuple[str, Any]:
+    """The model's tokenizer and its chat text for one user turn: image, then prompt.
+
+    The template is rendered once with a sentinel for the prompt; each page then only
+    substitutes its prompt into the text.
+    """
     tokenizer = AutoTokenizer.from_pretrained(model)
     messages = [
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": _SENTINEL}]}
+        {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "text", "text": PROMPT_SENTINEL}],
+        }
     ]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    if not isinstance(text, str) or text.count(_SENTINEL) != 1:
-        raise PageFailedError(f"{model}'s chat template does not carry the prompt text")
-    return text
+    text = tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True
+    )
+    if not isinstance(text, str) or text.count(PROMPT_SENTINEL) != 1:
+        raise ConfigurationError(
+            f"{model}'s chat template cannot render a turn with an image and text"
+        )
+    return text, tokenizer
 
 
 class AsyncLlmClient:
     """``VllmClient`` over ``AsyncLLM``; build it with ``connect``."""
 
-    def __init__(self, engine: AsyncLLM, template: str, settings: VllmSettings) -> None:
+    def __init__(self, engine: AsyncLLM, template: str, tokenizer: Any) -> None:
         self._engine = engine
         self._template = template
-        self._tokenizer = engine.get_tokenizer()
-        self._settings = settings
+        self._tokenizer = tokenizer
 
     @classmethod
-    async def connect(cls, settings: VllmSettings, metrics: EngineMetrics) -> VllmClient:
+    async def connect(
+        cls, settings: VllmSettings, metrics: EngineMetrics
+    ) -> VllmClient:
         log.info("starting vLLM %s with %s", vllm.__version__, settings.model_name)
-        args = AsyncEngineArgs(**engine_kwargs(settings))  # type: ignore[arg-type]
+        args = AsyncEngineArgs(**engine_kwargs(settings))
         stat_logger = functools.partial(MetricsStatLogger, metrics=metrics)
         # Built in the running loop, as vLLM's own server does: its output queue task
         # starts here, so a core that fails at start is reported at once.
         engine = AsyncLLM.from_engine_args(args, stat_loggers=[stat_logger])
-        template = await asyncio.to_thread(render_chat_template, settings.model_name)
-        return cls(engine, template, settings)
+        try:
+            template, tokenizer = await asyncio.to_thread(
+                load_chat_template, settings.model_name
+            )
+        except BaseException:
+            engine.shutdown()
+            raise
+        return cls(engine, template, tokenizer)
 
     def kv_cache_tokens(self) -> int:
         cache = self._engine.vllm_config.cache_config
         return int(cache.num_gpu_blocks or 0) * int(cache.block_size)
 
     def render_chat(self, prompt: str) -> str:
-        return self._template.replace(_SENTINEL, prompt)
+        return self._template.replace(PROMPT_SENTINEL, prompt)
 
     def count_tokens(self, text: str) -> int:
         return len(self._tokenizer.encode(text, add_special_tokens=False))
@@ -126,9 +146,12 @@ class AsyncLlmClient:
             ignore_eos=plan.ignore_eos,
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
-        prompt = {"prompt": request.chat_text, "multi_modal_data": {"image": request.image}}
+        prompt = {
+            "prompt": request.chat_text,
+            "multi_modal_data": {"image": request.image},
+        }
         try:
-            # The renderer runs the multimodal processor in its thread pool, off the loop.
+            # The renderer runs the multimodal processor in its threads, off the loop.
             (engine_input,) = await self._engine.renderer.render_cmpl_async([prompt])
             final = None
             async for output in self._engine.generate(
@@ -140,7 +163,9 @@ class AsyncLlmClient:
         except EngineGenerateError as exc:
             if self._engine.errored:
                 raise EngineDeadError(f"vLLM engine died: {exc.__cause__}") from exc
-            raise PageFailedError(f"engine failed on the page: {exc.__cause__}") from exc
+            raise PageFailedError(
+                f"engine failed on the page: {exc.__cause__}"
+            ) from exc
         except ValueError as exc:
             raise PageFailedError(f"engine rejected the page: {exc}") from exc
         except RuntimeError as exc:
@@ -170,4 +195,6 @@ class VllmEngine(VllmPageEngine):
     """``OCR_ENGINE=vllm``: the page engine over a real in-process ``AsyncLLM``."""
 
     def __init__(self, settings: VllmSettings, registry: CollectorRegistry) -> None:
-        super().__init__(settings, registry, functools.partial(AsyncLlmClient.connect, settings))
+        super().__init__(
+            settings, registry, functools.partial(AsyncLlmClient.connect, settings)
+        )

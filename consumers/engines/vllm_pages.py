@@ -112,7 +112,9 @@ class EngineMetrics:
             registry=registry,
         )
 
-    def observe_scheduler(self, running: int, waiting: int, kv_cache_usage: float) -> None:
+    def observe_scheduler(
+        self, running: int, waiting: int, kv_cache_usage: float
+    ) -> None:
         self.running.set(running)
         self.waiting.set(waiting)
         self.kv_cache_usage.set(kv_cache_usage)
@@ -128,7 +130,7 @@ Connect = Callable[[EngineMetrics], Awaitable[VllmClient]]
 
 
 class VllmPageEngine:
-    """``OcrEngine`` over a ``VllmClient``; ``connect`` builds the client at ``start``."""
+    """``OcrEngine`` over a ``VllmClient``, which ``connect`` builds at ``start``."""
 
     name = "vllm"
 
@@ -142,13 +144,17 @@ class VllmPageEngine:
         self._client: VllmClient | None = None
         self._capacity: CapacityFigure | None = None
         self._chat: dict[str, tuple[str, int]] = {}
-        self._pool = ThreadPoolExecutor(settings.prep_threads, thread_name_prefix="page-prep")
+        self._pool = ThreadPoolExecutor(
+            settings.prep_threads, thread_name_prefix="page-prep"
+        )
 
     async def start(self) -> None:
         client = await self._connect(self._metrics)
         self._client = client
         _, text_tokens = self._chat_prompt(client, "")
-        self._capacity = page_capacity(self._settings, client.kv_cache_tokens(), text_tokens)
+        self._capacity = page_capacity(
+            self._settings, client.kv_cache_tokens(), text_tokens
+        )
         self._metrics.page_capacity.set(self._capacity.pages)
         log.info("vllm engine ready: %s", self._capacity)
 
@@ -171,7 +177,9 @@ class VllmPageEngine:
         if client is None:
             return EngineHealth(loaded=False, gpu_available=False, detail="not started")
         if client.is_dead():
-            return EngineHealth(loaded=False, gpu_available=client.gpu_available(), detail="engine dead")
+            return EngineHealth(
+                loaded=False, gpu_available=client.gpu_available(), detail="engine dead"
+            )
         return EngineHealth(loaded=True, gpu_available=client.gpu_available())
 
     async def recognize(self, page: PageRequest) -> PageResult:
@@ -179,19 +187,29 @@ class VllmPageEngine:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         prep = functools.partial(
-            prepare_image, page.image, self._settings.min_pixels, self._settings.max_pixels
+            prepare_image,
+            page.image,
+            self._settings.min_pixels,
+            self._settings.max_pixels,
         )
         image = await loop.run_in_executor(self._pool, prep)
         chat_text, text_tokens = self._chat_prompt(client, page.prompt)
         prompt_tokens = text_tokens + visual_tokens(*image.size)
-        max_tokens = cap_max_tokens(page.max_tokens, prompt_tokens, self._settings.max_model_len)
+        max_tokens = cap_max_tokens(
+            page.max_tokens, prompt_tokens, self._settings.max_model_len
+        )
         best: tuple[PageStatus, Generation] | None = None
         attempts = 0
         for attempt in range(self._settings.quality_retries + 1):
             plan = plan_sampling(
-                page.temperature, attempt, max_tokens, ignore_eos=self._settings.ignore_eos
+                page.temperature,
+                attempt,
+                max_tokens,
+                ignore_eos=self._settings.ignore_eos,
             )
-            generation = await client.generate(GenerationRequest(chat_text, image, plan))
+            generation = await client.generate(
+                GenerationRequest(chat_text, image, plan)
+            )
             attempts += 1
             status = judge_page(generation.text, generation.finish_reason)
             if best is None or status_rank(status) < status_rank(best[0]):
@@ -199,10 +217,14 @@ class VllmPageEngine:
             if status is PageStatus.OK:
                 break
             log.info(
-                "page %d of %s: %s on attempt %d", page.page_number, page.document_id,
-                status.value, attempts,
+                "page %d of %s: %s on attempt %d",
+                page.page_number,
+                page.document_id,
+                status.value,
+                attempts,
             )
-        assert best is not None  # the loop runs at least once
+        if best is None:  # quality_retries >= 0, so the loop ran at least once
+            raise RuntimeError("no attempt was made")
         status, generation = best
         return PageResult(
             text=generation.text,
@@ -222,7 +244,7 @@ class VllmPageEngine:
         return client
 
     def _chat_prompt(self, client: VllmClient, prompt: str) -> tuple[str, int]:
-        """Chat text and its token count (image placeholder excluded), cached per prompt."""
+        """Chat text and its token count (placeholder excluded), cached per prompt."""
         cached = self._chat.get(prompt)
         if cached is None:
             chat_text = client.render_chat(prompt)

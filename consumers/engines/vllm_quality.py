@@ -59,7 +59,7 @@ def repeated_tail(text: str) -> tuple[int, int] | None:
 
 
 def is_repetitive(text: str) -> bool:
-    """True when the text shows the degenerate loops described in the module docstring."""
+    """True when the text shows the loops described in the module docstring."""
     return has_long_run(text) or repeated_tail(text) is not None
 
 

@@ -24,8 +24,10 @@ MAX_TEMPERATURE = 1.0
 MAX_REQUEST_TEMPERATURE = 2.0
 
 
-def fit_pixels(width: int, height: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
-    """The (width, height) Qwen2-VL's processor gives a page: multiples of 28 px, in bounds.
+def fit_pixels(
+    width: int, height: int, min_pixels: int, max_pixels: int
+) -> tuple[int, int]:
+    """The (width, height) Qwen2-VL's processor gives a page: 28 px grid, in bounds.
 
     Same arithmetic as transformers' ``smart_resize`` (round to the grid, then scale
     down or up by the square root of the area ratio, flooring or ceiling to the grid).
@@ -58,7 +60,7 @@ def max_visual_tokens(max_pixels: int) -> int:
 
 
 def prepare_image(image: Image.Image, min_pixels: int, max_pixels: int) -> Image.Image:
-    """RGB at the exact size the engine's processor would choose (CPU work; run in a pool)."""
+    """RGB at the exact size the engine's processor would choose (CPU: use a pool)."""
     size = fit_pixels(image.width, image.height, min_pixels, max_pixels)
     page = image if image.mode == "RGB" else image.convert("RGB")
     if page.size != size:
@@ -90,7 +92,7 @@ class SamplingPlan:
 def plan_sampling(
     temperature: float, attempt: int, max_tokens: int, *, ignore_eos: bool = False
 ) -> SamplingPlan:
-    """Sampling for attempt 0, 1, ...: the request's temperature, then higher on retries.
+    """Sampling for attempt 0, 1, ...: the request's temperature, then higher.
 
     A retry exists because the previous attempt looped or ran out of tokens; greedy
     decoding would only repeat it, so each retry adds ``RETRY_TEMPERATURE_STEP`` (up to
@@ -98,7 +100,7 @@ def plan_sampling(
     """
     if not 0.0 <= temperature <= MAX_REQUEST_TEMPERATURE:
         raise PageFailedError(
-            f"temperature must be within 0..{MAX_REQUEST_TEMPERATURE} (got {temperature})"
+            f"temperature must be in 0..{MAX_REQUEST_TEMPERATURE} (got {temperature})"
         )
     if attempt > 0:
         raised = temperature + RETRY_TEMPERATURE_STEP * attempt
@@ -136,11 +138,15 @@ def page_capacity(
     costs host memory for a few decoded pages, nothing on the GPU.
     """
     prompt_tokens = max_visual_tokens(settings.max_pixels) + max(0, text_prompt_tokens)
-    output_tokens = max(1, min(settings.default_max_tokens, settings.max_model_len - prompt_tokens))
+    output_tokens = max(
+        1, min(settings.default_max_tokens, settings.max_model_len - prompt_tokens)
+    )
     tokens_per_page = prompt_tokens + output_tokens
     kv_pages = max(0, kv_cache_tokens) // tokens_per_page
     running = max(1, min(settings.max_num_seqs, kv_pages))
-    reserve = min(running, max(1, math.ceil(settings.max_num_batched_tokens / prompt_tokens)))
+    reserve = min(
+        running, max(1, math.ceil(settings.max_num_batched_tokens / prompt_tokens))
+    )
     return CapacityFigure(
         kv_cache_tokens=kv_cache_tokens,
         tokens_per_page=tokens_per_page,
@@ -160,20 +166,23 @@ def engine_kwargs(settings: VllmSettings) -> dict[str, object]:
         "gpu_memory_utilization": settings.gpu_memory_util,
         "max_model_len": settings.max_model_len,
         "max_num_seqs": settings.max_num_seqs,
-        # LLM() and AsyncEngineArgs default differently (16384 vs 2048 on an H100): pin it.
+        # LLM() and AsyncEngineArgs default differently (16384 vs 2048 on an H100).
         "max_num_batched_tokens": settings.max_num_batched_tokens,
         "load_format": settings.load_format,
         "dtype": settings.dtype,
         "limit_mm_per_prompt": {"image": 1, "video": 0},
-        # transformers 5 ignores a bare max_pixels; size{} is what the processor honours.
+        # transformers 5 ignores a bare max_pixels; the processor honours size{}.
         "mm_processor_kwargs": {
-            "size": {"shortest_edge": settings.min_pixels, "longest_edge": settings.max_pixels}
+            "size": {
+                "shortest_edge": settings.min_pixels,
+                "longest_edge": settings.max_pixels,
+            }
         },
         "enable_prefix_caching": settings.enable_prefix_caching,
         "mm_processor_cache_gb": settings.mm_processor_cache_gb,
         "enforce_eager": settings.enforce_eager,
-        # The async renderer runs the multimodal processor in this many threads, off the
-        # event loop; its processor cache is not thread-safe, so one thread when it is on.
+        # The async renderer runs the multimodal processor in this many threads, off
+        # the event loop; its processor cache is not thread-safe: one thread with it.
         "renderer_num_workers": (
             1 if settings.mm_processor_cache_gb > 0 else settings.prep_threads
         ),

@@ -23,6 +23,7 @@ class FakeEngine:
     transient_failures: Counter[str] = field(default_factory=Counter)  # doc id -> count
     bad_pages: set[tuple[str, int]] = field(default_factory=set)
     dead_on: set[str] = field(default_factory=set)
+    gates: dict[str, asyncio.Event] = field(default_factory=dict)  # doc waits for its gate
     capacity_pages: int = 8
     loaded: bool = False
     calls: list[tuple[str, int]] = field(default_factory=list)
@@ -48,6 +49,8 @@ class FakeEngine:
         self.max_concurrent = max(self.max_concurrent, self.concurrent)
         try:
             await asyncio.sleep(self.slow.get(doc, self.delay_s))
+            if doc in self.gates:
+                await self.gates[doc].wait()
             if doc in self.dead_on:
                 raise EngineDeadError("engine process gone")
             if self.transient_failures[doc] > 0:

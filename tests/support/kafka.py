@@ -14,14 +14,20 @@ from producers.kafka import build_producer
 from schemas import DeadLetter, OcrRequest, OcrResult
 
 
-async def publish_raw(settings: Settings, records: Iterable[tuple[bytes | None, bytes | None]]) -> None:
+async def publish_raw(
+    settings: Settings,
+    records: Iterable[tuple[bytes | None, bytes | None]],
+    partition: int | None = None,
+) -> None:
     producer: AIOKafkaProducer = build_producer(
         settings.kafka.client_kwargs(), producer_options(settings)
     )
     await producer.start()
     try:
         futures = [
-            await producer.send(settings.kafka.input_topic, value, key=key)
+            await producer.send(
+                settings.kafka.input_topic, value, key=key, partition=partition
+            )
             for key, value in records
         ]
         for future in futures:

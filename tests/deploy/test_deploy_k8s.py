@@ -1,0 +1,193 @@
+"""deploy/k8s: built-in kinds against kubernetes-validate's schemas (strict), custom
+resources against the schemas in tests/deploy/schemas, and the wiring between them."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import jsonschema
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+from referencing import Registry, Resource
+
+from consumers.settings import BatchSettings, KafkaSettings
+from tests.deploy.manifests import (
+    allowed_env_names,
+    k8s_kind,
+    load_k8s,
+    medocr_containers,
+)
+from tests.deploy.tools import SCHEMAS
+
+pytestmark = pytest.mark.deploy
+
+# The oldest Kubernetes minor the manifests promise to work on, and the newest schema
+# the installed kubernetes-validate ships.
+KUBERNETES_VERSIONS = ("1.29.0", kubernetes_validate.utils.latest_version())
+
+CUSTOM_SCHEMAS = {
+    ("keda.sh/v1alpha1", "ScaledObject"): "keda-scaledobject-v1alpha1.json",
+    (
+        "keda.sh/v1alpha1",
+        "TriggerAuthentication",
+    ): "keda-triggerauthentication-v1alpha1.json",
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "monitoring-servicemonitor-v1.json",
+}
+
+
+def _custom_validator(api_version: str, kind: str) -> jsonschema.Draft202012Validator:
+    registry: Registry = Registry()
+    for path in SCHEMAS.glob("*.json"):
+        schema = json.loads(path.read_text("utf-8"))
+        registry = registry.with_resource(schema["$id"], Resource.from_contents(schema))
+    schema = json.loads(
+        (SCHEMAS / CUSTOM_SCHEMAS[(api_version, kind)]).read_text("utf-8")
+    )
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
+def _validate(document: dict[str, Any], version: str) -> None:
+    key = (document["apiVersion"], document["kind"])
+    if key in CUSTOM_SCHEMAS:
+        _custom_validator(*key).validate(document)
+    else:
+        kubernetes_validate.validate(document, version, strict=True)
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_manifests_match_their_schemas(version: str) -> None:
+    documents = load_k8s()
+    kinds = {document["kind"] for _, document in documents}
+    assert {
+        "Deployment",
+        "PodDisruptionBudget",
+        "ScaledObject",
+        "ServiceMonitor",
+    } <= kinds
+    for path, document in documents:
+        try:
+            _validate(document, version)
+        except (
+            jsonschema.ValidationError,
+            kubernetes_validate.utils.SchemaNotFoundError,
+        ) as exc:
+            pytest.fail(
+                f"{path.name} {document['kind']}: {getattr(exc, 'message', exc)}"
+            )
+
+
+def test_strict_validation_rejects_a_misspelt_field() -> None:
+    deployment = copy.deepcopy(k8s_kind("Deployment")[0])
+    deployment["spec"]["template"]["spec"]["terminationGracePeriodSecond"] = 300
+    with pytest.raises(jsonschema.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[0], strict=True)
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "value"),
+    [
+        ("ScaledObject", ("spec", "triggers", 0, "metadata", "lagThreshold"), 32),
+        ("ScaledObject", ("spec", "triggers", 0, "metadata", "lagTreshold"), "32"),
+        ("ScaledObject", ("spec", "maxReplicas"), 6),
+        ("ServiceMonitor", ("spec", "endpoints", 0, "interval"), "15 seconds"),
+        ("TriggerAuthentication", ("spec", "secretTargetRef", 0, "secret"), "x"),
+    ],
+)
+def test_custom_resource_schemas_reject_mistakes(
+    kind: str, path: tuple[str | int, ...], value: object
+) -> None:
+    document = copy.deepcopy(k8s_kind(kind)[0])
+    target: Any = document
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = value
+    with pytest.raises(jsonschema.ValidationError):
+        _validate(document, KUBERNETES_VERSIONS[0])
+
+
+def _deployment() -> dict[str, Any]:
+    deployments = k8s_kind("Deployment")
+    assert len(deployments) == 1
+    return deployments[0]
+
+
+def _worker() -> dict[str, Any]:
+    containers = medocr_containers(_deployment())
+    assert len(containers) == 1
+    return containers[0]
+
+
+def _env_values(container: dict[str, Any]) -> dict[str, Any]:
+    return {
+        item["name"]: item.get("value", item.get("valueFrom"))
+        for item in container["env"]
+    }
+
+
+def test_worker_sets_only_settings_the_worker_reads() -> None:
+    assert set(_env_values(_worker())) - allowed_env_names() == set()
+    assert "envFrom" not in _worker()  # every name stays visible to this check
+
+
+def test_probes_resources_and_grace_period() -> None:
+    worker = _worker()
+    assert worker["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert worker["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert worker["resources"]["requests"]["nvidia.com/gpu"] == 1
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
+    env = _env_values(worker)
+    drain_s = float(
+        env.get(
+            "OCR_DRAIN_TIMEOUT_S", BatchSettings.model_fields["drain_timeout_s"].default
+        )
+    )
+    grace_s = _deployment()["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace_s > drain_s + 30  # drain, then commit and close before SIGKILL
+    assert env["KAFKA_ENABLE_IDEMPOTENCE"] == "true"
+
+
+def test_sasl_credentials_come_from_a_secret() -> None:
+    env = _env_values(_worker())
+    for name in ("KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"):
+        assert set(env[name]) == {"secretKeyRef"}, name
+
+
+def test_autoscaling_follows_the_workers_consumer_group() -> None:
+    env = _env_values(_worker())
+    scaled = k8s_kind("ScaledObject")[0]["spec"]
+    assert scaled["scaleTargetRef"]["name"] == _deployment()["metadata"]["name"]
+    (trigger,) = scaled["triggers"]
+    assert trigger["type"] == "kafka"
+    assert (
+        trigger["metadata"]["consumerGroup"]
+        == env["OCR_CONSUMER_GROUP"]
+        == "medocr-workers"
+    )
+    assert trigger["metadata"]["topic"] == env["OCR_INPUT_TOPIC"]
+    assert trigger["metadata"]["bootstrapServers"] == env["KAFKA_BOOTSTRAP_SERVERS"]
+    assert int(trigger["metadata"]["lagThreshold"]) > 0
+    partitions = KafkaSettings.model_fields["partitions"].default
+    assert scaled["minReplicaCount"] <= scaled["maxReplicaCount"] <= partitions
+    auth = k8s_kind("TriggerAuthentication")[0]
+    assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+    parameters = {ref["parameter"] for ref in auth["spec"]["secretTargetRef"]}
+    assert {"sasl", "username", "password"} <= parameters
+
+
+def test_pdb_service_and_monitor_select_the_worker_pods() -> None:
+    pod_labels = _deployment()["spec"]["template"]["metadata"]["labels"]
+    pdb = k8s_kind("PodDisruptionBudget")[0]["spec"]
+    assert pdb["selector"]["matchLabels"].items() <= pod_labels.items()
+    service = k8s_kind("Service")[0]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    port_names = {port["name"] for port in service["spec"]["ports"]}
+    monitor = k8s_kind("ServiceMonitor")[0]["spec"]
+    assert (
+        monitor["selector"]["matchLabels"].items()
+        <= service["metadata"]["labels"].items()
+    )
+    assert {endpoint["port"] for endpoint in monitor["endpoints"]} <= port_names
+    assert all(endpoint["path"] == "/metrics" for endpoint in monitor["endpoints"])

@@ -1,0 +1,237 @@
+"""A real Prometheus scrapes a real worker and finds the pipeline's metrics.
+
+``medocr broker`` (embedded), ``medocr worker`` (Tesseract) and ``medocr publish`` of
+the bundled samples run as child processes; Prometheus (Debian's binary) runs on a free
+loopback port with its own storage, scrapes the sidecar every second and loads
+``deploy/prometheus/alerts.yml``. The test then asks Prometheus's HTTP API, the way
+Grafana and the alert rules will.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from consumers.broker import free_port
+from tests.deploy.tools import DEPLOY, REPO
+
+pytestmark = [pytest.mark.deploy, pytest.mark.tesseract]
+
+SAMPLES = REPO / "producers" / "samples"
+SCANS = sorted(p for p in SAMPLES.iterdir() if p.suffix in (".png", ".jpg", ".tif"))
+MEDOCR = [sys.executable, "-m", "consumers"]
+
+
+@contextmanager
+def _child(
+    argv: list[str], env: dict[str, str], log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO
+        )
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+def _wait_for(
+    what: str, check: Callable[[], bool], timeout_s: float, log: Path
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.25)
+    tail = log.read_text("utf-8", "replace")[-4000:]
+    pytest.fail(f"timed out waiting for {what}; log:\n{tail}")
+
+
+def _answers(url: str, status: int = 200) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == status
+    except httpx.HTTPError:
+        return False
+
+
+def _query(prometheus: str, expr: str) -> list[dict[str, Any]]:
+    response = httpx.get(
+        f"{prometheus}/api/v1/query", params={"query": expr}, timeout=5
+    )
+    response.raise_for_status()
+    body = response.json()
+    assert body["status"] == "success", body
+    result: list[dict[str, Any]] = body["data"]["result"]
+    return result
+
+
+def _value(prometheus: str, expr: str) -> float:
+    result = _query(prometheus, expr)
+    return float(result[0]["value"][1]) if result else 0.0
+
+
+def test_prometheus_scrapes_pipeline_metrics_from_a_running_worker(
+    prometheus_bin: str, tmp_path: Path
+) -> None:
+    broker_port, sidecar_port, prometheus_port = free_port(), free_port(), free_port()
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("KAFKA_", "OCR_", "TESSERACT_", "API_KEY"))
+    }
+    env.update(
+        KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{broker_port}",
+        # The embedded broker has no idempotent producer.
+        KAFKA_ENABLE_IDEMPOTENCE="false",
+        OCR_ENGINE="tesseract",
+        OCR_TOPIC_PARTITIONS="2",
+        OCR_BATCH_MAX_WAIT_MS="100",
+        TESSERACT_WORKERS="1",
+        HOST="127.0.0.1",
+        PORT=str(sidecar_port),
+        PYTHONUNBUFFERED="1",
+    )
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": [str(DEPLOY / "prometheus" / "alerts.yml")],
+                "scrape_configs": [
+                    {
+                        "job_name": "medocr-worker",
+                        "static_configs": [{"targets": [f"127.0.0.1:{sidecar_port}"]}],
+                    }
+                ],
+            }
+        ),
+        encoding="utf-8",
+    )
+    prometheus = f"http://127.0.0.1:{prometheus_port}"
+    logs = {
+        name: tmp_path / f"{name}.log" for name in ("broker", "worker", "prometheus")
+    }
+
+    with ExitStack() as stack:
+        broker = stack.enter_context(
+            _child([*MEDOCR, "broker", "--port", str(broker_port)], env, logs["broker"])
+        )
+        _wait_for(
+            "the broker",
+            lambda: (
+                "broker ready on" in logs["broker"].read_text("utf-8", "replace")
+                or broker.poll() is not None
+            ),
+            60,
+            logs["broker"],
+        )
+        assert broker.poll() is None, logs["broker"].read_text("utf-8", "replace")
+
+        worker = stack.enter_context(_child([*MEDOCR, "worker"], env, logs["worker"]))
+        _wait_for(
+            "the worker's /ready",
+            lambda: (
+                _answers(f"http://127.0.0.1:{sidecar_port}/ready")
+                or worker.poll() is not None
+            ),
+            90,
+            logs["worker"],
+        )
+        assert worker.poll() is None, logs["worker"].read_text("utf-8", "replace")
+
+        stack.enter_context(
+            _child(
+                [
+                    prometheus_bin,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{prometheus_port}",
+                    "--log.level=warn",
+                ],
+                env,
+                logs["prometheus"],
+            )
+        )
+        _wait_for(
+            "Prometheus",
+            lambda: _answers(f"{prometheus}/-/ready"),
+            60,
+            logs["prometheus"],
+        )
+
+        published = subprocess.run(
+            [*MEDOCR, "publish", *map(str, SCANS), "--wait", "--timeout", "240"],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert published.returncode == 0, published.stdout + published.stderr
+
+        _wait_for(
+            "a scrape that counts every document",
+            lambda: (
+                _value(prometheus, 'sum(ocr_records_total{outcome="ok"})') >= len(SCANS)
+            ),
+            30,
+            logs["prometheus"],
+        )
+        assert _value(prometheus, 'up{job="medocr-worker"}') == 1
+        # One ground-truth text per page: pub-0007.p1.txt, pub-0007.p2.txt, ...
+        pages = sum(1 for _ in SAMPLES.glob("*.p*.txt"))
+        assert _value(prometheus, 'sum(ocr_pages_total{status="OK"})') == pages
+        for expr in (
+            "sum(ocr_batch_size_records_count)",
+            'sum(ocr_engine_page_seconds_count{engine="tesseract"})',
+            "sum(ocr_end_to_end_seconds_count)",
+            "sum(ocr_offset_commits_total)",
+            "ocr_engine_up",
+            "ocr_worker_ready",
+            "ocr_inflight_pages_limit",
+        ):
+            assert _value(prometheus, expr) > 0, expr
+        assert _value(prometheus, "sum(ocr_end_to_end_seconds_count)") >= len(SCANS)
+        # Lag is reported per assigned partition of the input topic, 0 once drained.
+        lag = _query(prometheus, "ocr_consumer_lag_records")
+        assert {series["metric"]["topic"] for series in lag} == {"ocr.requests"}
+        assert {series["metric"]["partition"] for series in lag} == {"0", "1"}
+
+        # The alert rules load and evaluate against the real series.
+        _wait_for(
+            "the recording rule",
+            lambda: bool(_query(prometheus, "medocr:consumer_lag_records:sum")),
+            15,
+            logs["prometheus"],
+        )
+        groups = httpx.get(f"{prometheus}/api/v1/rules", timeout=5).json()["data"][
+            "groups"
+        ]
+        rules = [rule for group in groups for rule in group["rules"]]
+        assert len(rules) == 8
+        assert all(rule["health"] != "err" for rule in rules), rules
+        firing = _query(prometheus, 'ALERTS{alertstate="firing"}')
+        assert firing == []
+
+        worker.terminate()  # SIGTERM: drain, commit, exit 0
+        assert worker.wait(timeout=60) == 0, logs["worker"].read_text(
+            "utf-8", "replace"
+        )

@@ -1,0 +1,104 @@
+"""promtool checks the scrape config and alert rules, and runs the rules' unit tests."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy.tools import DEPLOY
+
+pytestmark = pytest.mark.deploy
+
+PROMETHEUS_DIR = DEPLOY / "prometheus"
+
+
+def _promtool(promtool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [promtool, *args],
+        cwd=PROMETHEUS_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _load(path: Path) -> Any:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def test_scrape_config_is_valid(promtool: str) -> None:
+    done = _promtool(promtool, "check", "config", "prometheus.yml")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_alert_rules_are_valid(promtool: str) -> None:
+    done = _promtool(promtool, "check", "rules", "alerts.yml")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_alert_rule_unit_tests_pass(promtool: str) -> None:
+    done = _promtool(promtool, "test", "rules", "alerts.test.yml")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout
+
+
+def test_promtool_rejects_a_broken_rule(promtool: str, tmp_path: Path) -> None:
+    """The check above can fail: a rule with a PromQL syntax error is refused."""
+    broken = tmp_path / "broken.yml"
+    broken.write_text(
+        "groups:\n- name: x\n  rules:\n  - alert: Broken\n"
+        "    expr: sum(rate(ocr_pages_total[5m])\n",
+        encoding="utf-8",
+    )
+    done = _promtool(promtool, "check", "rules", str(broken))
+    assert done.returncode != 0
+
+
+def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
+    rules = _load(PROMETHEUS_DIR / "alerts.yml")
+    alerts = {
+        rule["alert"]
+        for group in rules["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    }
+    cases = _load(PROMETHEUS_DIR / "alerts.test.yml")
+    fires: set[str] = set()
+    quiet: set[str] = set()
+    for case in cases["tests"]:
+        for check in case.get("alert_rule_test", []):
+            (fires if check.get("exp_alerts") else quiet).add(check["alertname"])
+    assert alerts, "no alerts found"
+    assert alerts - fires == set(), "alerts without a test that fires"
+    assert alerts - quiet == set(), "alerts without a test that stays quiet"
+
+
+def test_the_required_alerts_exist() -> None:
+    rules = _load(PROMETHEUS_DIR / "alerts.yml")
+    exprs = {
+        rule["alert"]: rule["expr"]
+        for group in rules["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    }
+    wanted = {
+        "MedocrConsumerLagGrowing": "ocr_consumer_lag_records",
+        "MedocrDeadLetterRateHigh": "ocr_dead_letters_total",
+        "MedocrWorkerDown": "up{",
+        "MedocrEngineDown": "ocr_engine_up",
+        "MedocrWorkerNotReady": "ocr_worker_ready",
+        "MedocrEndToEndLatencyHigh": "ocr_end_to_end_seconds_bucket",
+        "MedocrNoResultsWhileLagging": "ocr_records_total",
+    }
+    for alert, metric in wanted.items():
+        assert alert in exprs
+        # The lag alerts use the recording rule built on ocr_consumer_lag_records.
+        expr = exprs[alert].replace(
+            "medocr:consumer_lag_records:sum", "ocr_consumer_lag_records"
+        )
+        assert metric in expr, alert

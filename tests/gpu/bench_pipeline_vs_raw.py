@@ -1,0 +1,512 @@
+"""Pages/s of raw vLLM vs the whole medocr pipeline, same engine settings, one GPU host.
+
+One invocation runs, one after the other (one GPU):
+
+1. **raw**: a child process with vLLM's offline ``LLM.generate`` over N generated pages
+   (decoded before the clock starts, vLLM's processor resizes them: naive offline use);
+2. **pipeline**: the embedded broker (``medocr broker``), ``medocr worker`` with
+   ``OCR_ENGINE=vllm`` in its own process, ``medocr publish`` of the same N page files,
+   and the results read back from the output topic.
+
+Both build the engine from the same ``VllmSettings`` (``engine_kwargs``), greedy, with
+``ignore_eos`` so every page generates exactly ``--max-tokens`` tokens (dummy weights
+emit EOS at random) and no quality retries (every page ends on ``length``). Each phase
+warms up on ``--warmup`` other pages first. The raw clock runs from ``generate()`` to
+its return; the pipeline clock from the first request's ``submitted_at`` (stamped by
+``medocr publish``) to the last result read from the output topic. The time from
+launching the publish command is reported as well.
+
+On the GPU host (after the bundle's install.sh; weight-less model in /tmp/model)::
+
+    source /tmp/bundle/env.sh
+    python3 -m tests.gpu.bench_pipeline_vs_raw --model /tmp/model --load-format dummy \\
+        --pages 256 --max-tokens 256 1024 --out-dir tests/gpu/results
+
+With a real model, e.g. ``--model Qwen/Qwen2.5-VL-7B-Instruct --load-format auto``.
+Writes ``bench-*.json`` (settings, per-run numbers, completion times) and a PNG of
+pages/s over time; ``--plot-only FILE.json`` redraws the plot from a JSON file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from consumers.broker import free_port
+from consumers.settings import DEFAULT_PROMPT, VllmSettings
+from tests.gpu.doc_pages import write_pages
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def log(*parts: object) -> None:
+    print(time.strftime("%H:%M:%S"), *parts, flush=True)
+
+
+def engine_env(args: argparse.Namespace) -> dict[str, str]:
+    """The engine settings as the worker reads them; raw vLLM parses the same dict."""
+    return {
+        "MODEL_NAME": args.model,
+        "TENSOR_PARALLEL_SIZE": str(args.tensor_parallel_size),
+        "GPU_MEMORY_UTIL": str(args.gpu_mem),
+        "MAX_MODEL_LEN": str(args.max_model_len),
+        "MAX_NUM_SEQS": str(args.max_num_seqs),
+        "ENGINE_MAX_NUM_BATCHED_TOKENS": str(args.max_num_batched_tokens),
+        "ENGINE_LOAD_FORMAT": args.load_format,
+        "ENGINE_MAX_PIXELS": str(args.max_pixels),
+        "ENGINE_DTYPE": args.dtype,
+        "ENGINE_ENFORCE_EAGER": str(args.enforce_eager).lower(),
+        "ENGINE_QUALITY_RETRIES": "0",
+        "ENGINE_IGNORE_EOS": "true",
+    }
+
+
+def page_sets(args: argparse.Namespace) -> tuple[Path, Path]:
+    """Warm-up pages 0..W-1 and timed pages W..W+N-1, each in its own folder."""
+    root = Path(args.pages_dir)
+    warm = write_pages(root / "warm", range(args.warmup))
+    timed = write_pages(root / "timed", range(args.warmup, args.warmup + args.pages))
+    log(f"pages: {len(warm)} warm-up, {len(timed)} timed in {root}")
+    return root / "warm", root / "timed"
+
+
+def run_summary(
+    tag: str, max_tokens: int, wall_s: float, done_s: list[float], out_tokens: int
+) -> dict[str, Any]:
+    n = len(done_s)
+    return {
+        "tag": tag,
+        "max_tokens": max_tokens,
+        "pages": n,
+        "wall_s": round(wall_s, 3),
+        "pages_per_s": round(n / wall_s, 3) if wall_s > 0 else 0.0,
+        "out_tokens": out_tokens,
+        "out_tok_per_s": round(out_tokens / wall_s, 1) if wall_s > 0 else 0.0,
+        "done_s": [round(t, 3) for t in sorted(done_s)],
+    }
+
+
+# ------------------------------------------------------------------ raw vLLM (child)
+
+
+def raw_main(args: argparse.Namespace) -> int:
+    """Child process: offline LLM.generate over the timed pages, JSON to --raw-json."""
+    from PIL import Image
+    from vllm import LLM, SamplingParams
+
+    from consumers.engines.vllm import PROMPT_SENTINEL, load_chat_template
+    from consumers.engines.vllm_requests import engine_kwargs
+
+    settings = VllmSettings.model_validate(engine_env(args))
+    kwargs = engine_kwargs(settings)
+    log("raw engine kwargs", kwargs)
+    started = time.perf_counter()
+    llm = LLM(**kwargs)
+    engine_start_s = time.perf_counter() - started
+    log(f"raw engine started in {engine_start_s:.1f}s")
+    template, _ = load_chat_template(args.model)
+    chat = template.replace(PROMPT_SENTINEL, DEFAULT_PROMPT)
+
+    def load(folder: Path) -> list[Image.Image]:
+        images = []
+        for path in page_files(folder):
+            with Image.open(path) as image:
+                images.append(image.convert("RGB"))  # decoded before the clock starts
+        return images
+
+    warm_dir, timed_dir = Path(args.pages_dir) / "warm", Path(args.pages_dir) / "timed"
+    warm, timed = load(warm_dir), load(timed_dir)
+
+    def requests(images: list[Image.Image]) -> list[dict[str, Any]]:
+        return [{"prompt": chat, "multi_modal_data": {"image": im}} for im in images]
+
+    def sampling(max_tokens: int) -> Any:
+        return SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+
+    started = time.perf_counter()
+    llm.generate(requests(warm), sampling(16), use_tqdm=False)
+    log(f"raw warm-up {len(warm)} pages {time.perf_counter() - started:.1f}s")
+    runs = []
+    for max_tokens in args.max_tokens:
+        done: list[float] = []
+        clock = time.perf_counter()
+
+        clock = time.perf_counter()
+        bar = completion_clock(done, clock)
+        outputs = llm.generate(requests(timed), sampling(max_tokens), use_tqdm=bar)
+        wall = time.perf_counter() - clock
+        out_tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+        run = run_summary("raw", max_tokens, wall, done, out_tokens)
+        run["prompt_tokens_per_page"] = round(
+            sum(len(o.prompt_token_ids) for o in outputs) / len(outputs), 1
+        )
+        log("RESULT", json.dumps({k: v for k, v in run.items() if k != "done_s"}))
+        runs.append(run)
+    Path(args.raw_json).write_text(
+        json.dumps({"engine_start_s": engine_start_s, "runs": runs})
+    )
+    return 0
+
+
+def completion_clock(done: list[float], start: float) -> Callable[..., Any]:
+    """A tqdm factory for ``LLM.generate`` that records when each request finishes."""
+    from tqdm import tqdm  # type: ignore[import-untyped]
+
+    class Clock(tqdm):  # type: ignore[misc]
+        def update(self, n: float | None = 1) -> bool | None:
+            done.extend([time.perf_counter() - start] * int(n or 0))
+            return super().update(n)  # type: ignore[no-any-return]
+
+    sink = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+
+    def bar(*args: Any, **kwargs: Any) -> Clock:
+        return Clock(*args, file=sink, **kwargs)
+
+    return bar
+
+
+def run_raw(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
+    raw_json = out_dir / "raw.json"
+    raw_json.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "tests.gpu.bench_pipeline_vs_raw", "--raw-child"]
+    argv += [*sys.argv[1:], "--raw-json", str(raw_json)]
+    with open(out_dir / "raw.log", "w") as raw_log:
+        rc = subprocess.run(
+            argv, stdout=raw_log, stderr=subprocess.STDOUT, timeout=args.phase_timeout
+        ).returncode
+    if rc != 0 or not raw_json.exists():
+        raise RuntimeError(
+            f"raw vLLM run failed (exit {rc}); see {out_dir / 'raw.log'}"
+        )
+    result: dict[str, Any] = json.loads(raw_json.read_text())
+    raw_json.unlink()
+    return result
+
+
+# ------------------------------------------------------------------ pipeline
+
+
+class Pipeline:
+    """Broker and worker processes, and a results reader on the output topic."""
+
+    def __init__(self, args: argparse.Namespace, out_dir: Path) -> None:
+        self.args = args
+        self.out_dir = out_dir
+        self.kafka_port = free_port()
+        self.sidecar_port = free_port()
+        self.bootstrap = f"127.0.0.1:{self.kafka_port}"
+        self.env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "KAFKA_ENABLE_IDEMPOTENCE": "false",
+        }
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.logs: list[TextIO] = []
+
+    def spawn(
+        self, name: str, argv: list[str], env: dict[str, str]
+    ) -> subprocess.Popen[bytes]:
+        out = open(self.out_dir / f"{name}.log", "w")  # noqa: SIM115 - closed in stop()
+        self.logs.append(out)
+        cmd = [sys.executable, "-m", "consumers", *argv]
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        return proc
+
+    async def start(self) -> float:
+        partitions = str(self.args.partitions)
+        broker = self.spawn(
+            "broker",
+            ["broker", "--port", str(self.kafka_port), "--partitions", partitions],
+            self.env,
+        )
+        await self._until(
+            lambda: "broker ready" in self._log_text("broker"), broker, 60
+        )
+        worker_env = {
+            **self.env,
+            **engine_env(self.args),
+            "OCR_ENGINE": self.args.engine,
+            "HOST": "127.0.0.1",
+            "PORT": str(self.sidecar_port),
+            "OCR_TOPIC_PARTITIONS": partitions,
+            "OCR_BATCH_MAX_RECORDS": str(self.args.batch_max_records),
+        }
+        started = time.perf_counter()
+        worker = self.spawn("worker", ["worker"], worker_env)
+        await self._until(self._ready, worker, self.args.phase_timeout)
+        return time.perf_counter() - started
+
+    def _log_text(self, name: str) -> str:
+        return (self.out_dir / f"{name}.log").read_text(errors="replace")
+
+    def _ready(self) -> bool:
+        url = f"http://127.0.0.1:{self.sidecar_port}/ready"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    async def _until(
+        self, check: Callable[[], bool], proc: subprocess.Popen[bytes], timeout_s: float
+    ) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not check():
+            if proc.poll() is not None:
+                raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{proc.args!r} not ready after {timeout_s}s")
+            await asyncio.sleep(0.5)
+
+    async def run(self, folder: Path, prefix: str, max_tokens: int) -> dict[str, Any]:
+        """Publish every page of ``folder`` and wait for all their results."""
+        from aiokafka import AIOKafkaConsumer
+
+        from producers.waiter import ResultWaiter
+
+        ids = [prefix + path.stem for path in page_files(folder)]
+        waiter = ResultWaiter(
+            AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap, enable_auto_commit=False
+            ),
+            "ocr.results",
+        )
+        await waiter.start()
+        arrivals: dict[str, tuple[float, Any]] = {}
+
+        def arrive(document_id: str, result: Any) -> None:
+            arrivals.setdefault(document_id, (time.time(), result))
+
+        launched = time.time()
+        publish = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "consumers", "publish", str(folder),
+            "--id-prefix", prefix, "--max-tokens", str(max_tokens),
+            env=self.env, stdout=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            missing = await waiter.wait(
+                ids,
+                self.args.phase_timeout,
+                lambda result: arrive(result.document_id, result),
+            )
+        finally:
+            await waiter.stop()
+        publish_rc = await publish.wait()
+        if missing or publish_rc != 0:
+            raise RuntimeError(
+                f"{len(missing)} results missing, publish exit {publish_rc} ({prefix})"
+            )
+        first_submit = min(r.submitted_at.timestamp() for _, r in arrivals.values())
+        done = [t - first_submit for t, _ in arrivals.values()]
+        results = [r for _, r in arrivals.values()]
+        run = run_summary(
+            "pipeline", max_tokens, max(done), done, sum(r.token_count for r in results)
+        )
+        run["wall_from_publish_command_s"] = round(
+            max(done) + first_submit - launched, 3
+        )
+        run["document_status"] = _count(r.status.value for r in results)
+        run["page_status"] = _count(p.status for r in results for p in r.pages)
+        return run
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):  # worker first: drain, commit, exit
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        for out in self.logs:
+            out.close()
+
+
+def page_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("page_*.png"))
+
+
+def _count(values: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for value in values:
+        key = str(getattr(value, "value", value))
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+async def run_pipeline(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
+    pipeline = Pipeline(args, out_dir)
+    warm_dir = Path(args.pages_dir) / "warm"
+    timed_dir = Path(args.pages_dir) / "timed"
+    try:
+        start_s = await pipeline.start()
+        log(f"pipeline worker ready in {start_s:.1f}s")
+        started = time.perf_counter()
+        await pipeline.run(warm_dir, "warm-", 16)
+        log(
+            f"pipeline warm-up {args.warmup} pages {time.perf_counter() - started:.1f}s"
+        )
+        runs = []
+        for max_tokens in args.max_tokens:
+            run = await pipeline.run(timed_dir, f"t{max_tokens}-", max_tokens)
+            log("RESULT", json.dumps({k: v for k, v in run.items() if k != "done_s"}))
+            runs.append(run)
+    finally:
+        pipeline.stop()
+    return {"worker_ready_s": start_s, "runs": runs}
+
+
+# ------------------------------------------------------------------ report
+
+
+def plot(results: dict[str, Any], png: Path, bin_s: float = 1.0) -> None:
+    """Pages/s over time (completions per ``bin_s``, 3-bin moving average)."""
+    import matplotlib  # type: ignore[import-not-found]
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # type: ignore[import-not-found]
+
+    sizes = [run["max_tokens"] for run in results["raw"]["runs"]]
+    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4), squeeze=False)
+    for ax, size in zip(axes[0], sizes, strict=True):
+        for phase, style in (("raw", "-"), ("pipeline", "--")):
+            run = next(r for r in results[phase]["runs"] if r["max_tokens"] == size)
+            times = run["done_s"]
+            bins = int(max(times) / bin_s) + 1
+            counts = [0.0] * bins
+            for t in times:
+                counts[min(int(t / bin_s), bins - 1)] += 1
+            smooth = [
+                sum(counts[max(0, i - 1) : i + 2]) / len(counts[max(0, i - 1) : i + 2])
+                for i in range(bins)
+            ]
+            xs = [(i + 0.5) * bin_s for i in range(bins)]
+            label = f"{phase}: {run['pages_per_s']:.2f} pages/s"
+            ax.plot(xs, [c / bin_s for c in smooth], style, label=label)
+        ax.set_title(f"max_tokens {size}, {results['config']['pages']} pages")
+        ax.set_xlabel("seconds since start")
+        ax.set_ylabel("pages/s (completions, 3 s average)")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"raw vLLM vs medocr pipeline ({results['config']['device']})")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def device_name() -> str:
+    with contextlib.suppress(Exception):
+        import torch
+
+        if torch.cuda.is_available():
+            return str(torch.cuda.get_device_name(0))
+    return "unknown"
+
+
+def summarize(results: dict[str, Any]) -> list[str]:
+    lines = ["max_tokens  raw pages/s  pipeline pages/s  ratio"]
+    for raw in results["raw"]["runs"]:
+        pipe = next(
+            r
+            for r in results["pipeline"]["runs"]
+            if r["max_tokens"] == raw["max_tokens"]
+        )
+        ratio = pipe["pages_per_s"] / raw["pages_per_s"]
+        results.setdefault("ratios", {})[str(raw["max_tokens"])] = round(ratio, 3)
+        lines.append(
+            f"{raw['max_tokens']:>10}  {raw['pages_per_s']:>11.2f}"
+            f"  {pipe['pages_per_s']:>16.2f}  {ratio:5.3f}"
+        )
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.raw_child:
+        return raw_main(args)
+    if args.plot_only:
+        source = Path(args.plot_only)
+        plot(json.loads(source.read_text()), source.with_suffix(".png"))
+        return 0
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    page_sets(args)
+    results: dict[str, Any] = {
+        "config": {
+            **vars(args),
+            "device": device_name(),
+            "engine_env": engine_env(args),
+        },
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = out_dir / f"bench-{stamp}.json"
+    if "raw" in args.phases:
+        log("raw vLLM phase")
+        results["raw"] = run_raw(args, out_dir)
+        target.write_text(json.dumps(results, indent=1))
+    if "pipeline" in args.phases:
+        log("pipeline phase")
+        results["pipeline"] = asyncio.run(run_pipeline(args, out_dir))
+        target.write_text(json.dumps(results, indent=1))
+    if "raw" not in results or "pipeline" not in results:
+        log(f"results in {target}")
+        return 0
+    for line in summarize(results):
+        log(line)
+    target.write_text(json.dumps(results, indent=1))
+    try:
+        plot(results, target.with_suffix(".png"))
+    except ImportError:
+        log(f"matplotlib missing: plot later with --plot-only {target}")
+    log(f"results in {target}")
+    return 0
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0] if __doc__ else ""
+    )
+    parser.add_argument("--model", default="/tmp/model")
+    parser.add_argument("--load-format", default="dummy")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--pages", type=int, default=256)
+    parser.add_argument("--warmup", type=int, default=8)
+    parser.add_argument("--pages-dir", default="/tmp/medocr-bench-pages")
+    parser.add_argument("--max-tokens", type=int, nargs="+", default=[256, 1024])
+    parser.add_argument("--max-num-seqs", type=int, default=128)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=16384)
+    parser.add_argument("--max-model-len", type=int, default=8192)
+    parser.add_argument("--max-pixels", type=int, default=1280 * 28 * 28)
+    parser.add_argument("--gpu-mem", type=float, default=0.85)
+    parser.add_argument("--tensor-parallel-size", type=int, default=1)
+    parser.add_argument("--enforce-eager", action="store_true")
+    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--batch-max-records", type=int, default=32)
+    parser.add_argument("--phase-timeout", type=float, default=420.0)
+    parser.add_argument("--out-dir", default=str(RESULTS))
+    parser.add_argument("--phases", nargs="+", default=["raw", "pipeline"])
+    parser.add_argument(
+        "--engine", default="vllm", help="tesseract: debug the Kafka part"
+    )
+    parser.add_argument("--plot-only", default="", help="redraw the PNG of a JSON file")
+    parser.add_argument("--raw-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--raw-json", default="", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

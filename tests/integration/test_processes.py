@@ -1,0 +1,108 @@
+"""Crash, shutdown and scale-out of real ``medocr worker`` processes (Tesseract engine)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import signal
+import time
+
+import pytest
+
+from consumers.settings import Settings
+from producers.publisher import RequestOptions, build_request
+from tests.support.cer import SAMPLES_DIR
+from tests.support.kafka import publish_requests, read_outputs
+from tests.support.workers import WorkerProcess
+
+pytestmark = [pytest.mark.integration, pytest.mark.tesseract]
+
+
+async def publish_copies(settings: Settings, copies: int) -> list[str]:
+    """``copies`` rounds of the bundled samples under distinct document ids."""
+    scans = sorted(p for p in SAMPLES_DIR.iterdir() if p.suffix in (".png", ".jpg", ".tif"))
+    requests = [
+        build_request(scan, RequestOptions(id_prefix=f"c{n}-"))
+        for n in range(copies)
+        for scan in scans
+    ]
+    await publish_requests(settings, requests)
+    return [r.document_id for r in requests]
+
+
+async def wait_for_results(settings: Settings, count: int, timeout_s: float) -> int:
+    deadline = time.monotonic() + timeout_s
+    seen = 0
+    while time.monotonic() < deadline:
+        seen = len((await read_outputs(settings, results=count, timeout_s=1)).results)
+        if seen >= count:
+            break
+        await asyncio.sleep(0.2)
+    return seen
+
+
+async def test_kill_9_mid_batch_then_restart_loses_nothing(settings: Settings) -> None:
+    ids = await publish_copies(settings, 3)
+    first = WorkerProcess(settings, "first")
+    try:
+        first.wait_ready()
+        assert await wait_for_results(settings, 1, 120) >= 1
+        first.signal(signal.SIGKILL)
+        first.wait()
+    finally:
+        first.stop()
+    second = WorkerProcess(settings, "second", "--burst")
+    try:
+        assert second.wait(300) == 0, second.log()
+    finally:
+        second.stop()
+    outputs = await read_outputs(settings, results=len(ids))
+    counts = collections.Counter(r.document_id for r in outputs.results)
+    assert set(counts) == set(ids)
+    duplicates = sum(n - 1 for n in counts.values())
+    print(f"kill -9: {len(ids)} documents, {duplicates} duplicate results")
+    assert all(r.status.value == "OK" for r in outputs.results)
+
+
+async def test_sigterm_drains_commits_and_exits_zero(settings: Settings) -> None:
+    ids = await publish_copies(settings, 3)
+    worker = WorkerProcess(settings, "drained")
+    try:
+        worker.wait_ready()
+        assert await wait_for_results(settings, 1, 120) >= 1
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(120) == 0, worker.log()
+    finally:
+        worker.stop()
+    rest = WorkerProcess(settings, "rest", "--burst")
+    try:
+        assert rest.wait(300) == 0, rest.log()
+    finally:
+        rest.stop()
+    outputs = await read_outputs(settings, results=len(ids))
+    counts = collections.Counter(r.document_id for r in outputs.results)
+    # Everything the first worker took was finished and committed before it exited,
+    # so the second worker redid nothing: exactly one result per document.
+    assert counts == collections.Counter(ids)
+
+
+async def test_two_workers_split_the_partitions(settings: Settings) -> None:
+    ids = await publish_copies(settings, 4)
+    workers = [WorkerProcess(settings, name) for name in ("left", "right")]
+    try:
+        for worker in workers:
+            worker.wait_ready()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            shares = [w.get("/health").json()["assigned_partitions"] for w in workers]
+            if all(shares) and sum(shares) == settings.kafka.partitions:
+                break
+            await asyncio.sleep(0.5)
+        assert all(shares) and sum(shares) == settings.kafka.partitions, shares
+        assert await wait_for_results(settings, len(ids), 300) >= len(ids)
+    finally:
+        for worker in workers:
+            worker.stop()
+    outputs = await read_outputs(settings, results=len(ids))
+    assert {r.document_id for r in outputs.results} == set(ids)
+    assert len({r.worker_id for r in outputs.results}) == 2

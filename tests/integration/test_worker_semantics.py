@@ -1,0 +1,148 @@
+"""The worker's contract against a real broker, with a scriptable engine in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from PIL import Image
+
+from consumers.runner import run_worker
+from consumers.settings import Settings
+from schemas import OcrRequest
+from schemas.records import utc_now
+from tests.support.engines import FakeEngine
+from tests.support.kafka import publish_raw, publish_requests, read_outputs
+
+pytestmark = pytest.mark.integration
+
+
+def png_request(doc_id: str) -> OcrRequest:
+    buffer = io.BytesIO()
+    Image.new("L", (64, 32), 255).save(buffer, "PNG")
+    return OcrRequest(
+        document_id=doc_id,
+        content_type="image/png",
+        submitted_at=utc_now(),
+        image=buffer.getvalue(),
+    )
+
+
+@asynccontextmanager
+async def running_worker(
+    settings: Settings, engine: FakeEngine
+) -> AsyncIterator[asyncio.Event]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_worker(settings, stop, engine=engine))
+    try:
+        yield stop
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def committed(settings: Settings, tp: TopicPartition) -> int | None:
+    consumer = AIOKafkaConsumer(
+        **settings.kafka.client_kwargs(),
+        group_id=settings.kafka.consumer_group,
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        offset: int | None = await consumer.committed(tp)
+        return offset
+    finally:
+        await consumer.stop()
+
+
+async def test_commit_never_passes_an_unfinished_record(settings: Settings) -> None:
+    """A slow first record holds its partition's commit back while later ones finish."""
+    tp = TopicPartition(settings.kafka.input_topic, 0)
+    requests = [png_request("slow"), *(png_request(f"fast-{i}") for i in range(3))]
+    producer_records = [(r.document_id.encode(), r.encode()) for r in requests]
+    await publish_raw(settings, producer_records, partition=0)
+    engine = FakeEngine(gates={"slow": asyncio.Event()})
+    async with running_worker(settings, engine):
+        outputs = await read_outputs(settings, results=3)
+        assert {r.document_id for r in outputs.results} == {"fast-0", "fast-1", "fast-2"}
+        await asyncio.sleep(0.5)  # a few loop turns: commits would have happened by now
+        assert await committed(settings, tp) in (None, 0)
+        engine.gates["slow"].set()
+        outputs = await read_outputs(settings, results=4)
+        assert len(outputs.results) == 4
+        for _ in range(50):
+            if await committed(settings, tp) == 4:
+                break
+            await asyncio.sleep(0.1)
+    assert await committed(settings, tp) == 4
+
+
+async def test_inflight_pages_stay_within_the_budget(settings: Settings) -> None:
+    """With room for two pages, the engine never sees more than two at once."""
+    await publish_requests(settings, [png_request(f"doc-{i}") for i in range(12)])
+    engine = FakeEngine(delay_s=0.05, capacity_pages=2)
+    await asyncio.wait_for(
+        run_worker(settings, asyncio.Event(), burst=True, engine=engine), 60
+    )
+    outputs = await read_outputs(settings, results=12)
+    assert len({r.document_id for r in outputs.results}) == 12
+    assert engine.max_concurrent <= 2
+
+
+async def test_transient_failures_are_retried_then_succeed(settings: Settings) -> None:
+    await publish_requests(settings, [png_request("flaky"), png_request("steady")])
+    engine = FakeEngine()
+    engine.transient_failures["flaky"] = 2
+    await asyncio.wait_for(
+        run_worker(settings, asyncio.Event(), burst=True, engine=engine), 60
+    )
+    outputs = await read_outputs(settings, results=2)
+    assert {r.status.value for r in outputs.results} == {"OK"}
+    assert engine.calls.count(("flaky", 1)) == 3
+
+
+async def test_dead_engine_stops_the_worker_and_commits_nothing(
+    settings: Settings,
+) -> None:
+    """Fatal means fatal: no dead letter, no result, no commit — replay covers it."""
+    from consumers.worker import WorkerFailedError
+
+    await publish_raw(
+        settings, [(b"doomed", png_request("doomed").encode())], partition=0
+    )
+    engine = FakeEngine(dead_on={"doomed"})
+    with pytest.raises(WorkerFailedError):
+        await asyncio.wait_for(run_worker(settings, asyncio.Event(), engine=engine), 60)
+    outputs = await read_outputs(settings, results=0)
+    assert outputs.results == [] and outputs.dead_letters == []
+    tp = TopicPartition(settings.kafka.input_topic, 0)
+    assert await committed(settings, tp) in (None, 0)
+
+
+async def test_bad_page_fails_alone_and_is_dead_lettered(settings: Settings) -> None:
+    buffer = io.BytesIO()
+    frames = [Image.new("L", (64, 32 + i), 255) for i in range(3)]
+    frames[0].save(buffer, "TIFF", save_all=True, append_images=frames[1:])
+    request = OcrRequest(
+        document_id="three-pages",
+        content_type="image/tiff",
+        submitted_at=utc_now(),
+        image=buffer.getvalue(),
+    )
+    await publish_requests(settings, [request, png_request("neighbour")])
+    engine = FakeEngine(bad_pages={("three-pages", 2)})
+    await asyncio.wait_for(
+        run_worker(settings, asyncio.Event(), burst=True, engine=engine), 60
+    )
+    outputs = await read_outputs(settings, results=2, dead_letters=1)
+    result = outputs.by_id()["three-pages"]
+    assert result.status.value == "FAILED" and result.error_code == "PAGE_FAILED"
+    assert [p.status for p in result.pages] == ["OK", "FAILED", "OK"]
+    assert result.pages[2].text == "three-pages p3 64x34"
+    assert outputs.by_id()["neighbour"].status.value == "OK"
+    [letter] = outputs.dead_letters
+    assert letter.value == request.encode() and letter.document_id == "three-pages"

@@ -1,0 +1,86 @@
+"""``medocr worker`` as a real child process, for kill -9, SIGTERM and group tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from consumers.broker import free_port
+from consumers.settings import Settings
+
+LOGS = Path(os.environ.get("MEDOCR_TEST_LOGS", "/tmp/medocr-test-logs"))
+
+
+def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
+    kafka = settings.kafka
+    env = dict(os.environ)
+    env.update(
+        KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap_servers,
+        KAFKA_ENABLE_IDEMPOTENCE=str(kafka.enable_idempotence).lower(),
+        OCR_INPUT_TOPIC=kafka.input_topic,
+        OCR_RESULT_TOPIC=kafka.result_topic,
+        OCR_DLQ_TOPIC=kafka.dlq_topic,
+        OCR_PROGRESS_TOPIC=kafka.progress_topic,
+        OCR_CONSUMER_GROUP=kafka.consumer_group,
+        OCR_BATCH_MAX_WAIT_MS="100",
+        HOST="127.0.0.1",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+class WorkerProcess:
+    def __init__(self, settings: Settings, name: str, *args: str, **env: str) -> None:
+        self.port = free_port()
+        self.name = name
+        LOGS.mkdir(parents=True, exist_ok=True)
+        self.log_path = LOGS / f"{settings.kafka.consumer_group}-{name}.log"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "consumers", "worker", *args],
+            env=worker_env(settings, PORT=str(self.port), **env),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def get(self, path: str) -> httpx.Response:
+        return httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=2)
+
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker {self.name} exited: {self.log()}")
+            try:
+                if self.get("/ready").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"worker {self.name} not ready in {timeout_s}s: {self.log()}")
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.process.send_signal(sig)
+
+    def wait(self, timeout_s: float = 60) -> int:
+        try:
+            return self.process.wait(timeout_s)
+        finally:
+            self._log.close()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-3000:]

@@ -1,0 +1,406 @@
+"""The wire contract: golden single-object bytes, plain-Avro readability, evolution."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+import fastavro
+import pytest
+from fastavro.schema import parse_schema, to_parsing_canonical_form
+
+from schemas import (
+    AvroCodec,
+    CodecError,
+    DeadLetter,
+    DocumentStatus,
+    OcrRequest,
+    OcrResult,
+    PageText,
+    load_codec,
+)
+from schemas.codec import read_schema
+
+AT = datetime(2024, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)  # 1704164645678 ms
+
+# The Avro specification's 64-bit Rabin fingerprint, written out from the spec.
+_CRC64_EMPTY = 0xC15D213AA4D7A795
+
+
+def _crc64_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        fp = byte
+        for _ in range(8):
+            fp = (fp >> 1) ^ (_CRC64_EMPTY & -(fp & 1))
+        table.append(fp)
+    return table
+
+
+_CRC64_TABLE = _crc64_table()
+
+
+def crc64_avro(data: bytes) -> bytes:
+    fp = _CRC64_EMPTY
+    for byte in data:
+        fp = (fp >> 8) ^ _CRC64_TABLE[(fp ^ byte) & 0xFF]
+    return fp.to_bytes(8, "little")
+
+
+def _zigzag(value: int) -> str:
+    """Avro's long encoding, as hex, for building expectations by hand."""
+    n = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while True:
+        low = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return out.hex()
+
+
+def _string(text: str) -> str:
+    raw = text.encode("utf-8")
+    return _zigzag(len(raw)) + raw.hex()
+
+
+def _fingerprint_hex(name: str) -> str:
+    canonical = to_parsing_canonical_form(read_schema(name))
+    return crc64_avro(canonical.encode("utf-8")).hex()
+
+
+def small_request() -> OcrRequest:
+    return OcrRequest(
+        document_id="doc-1",
+        content_type="image/png",
+        submitted_at=AT,
+        image=b"\x89PNG",
+    )
+
+
+def small_result() -> OcrResult:
+    return OcrResult(
+        document_id="doc-1",
+        status=DocumentStatus.OK,
+        completed_at=AT,
+        text="a\fb",
+        pages=[PageText(1, "OK", "a"), PageText(2, "OK", "b")],
+        page_count=2,
+    )
+
+
+def small_dead_letter() -> DeadLetter:
+    return DeadLetter(
+        source_topic="ocr.requests",
+        source_partition=0,
+        source_offset=7,
+        error_class="EmptyDocumentError",
+        error_code="EMPTY_DOCUMENT",
+        error_message="document has zero bytes",
+        failed_at=AT,
+        key=b"doc-1",
+        value=b"",
+    )
+
+
+# Golden bodies, field by field in schema order; a change here breaks other teams.
+REQUEST_BODY = (
+    _string("doc-1")
+    + _string("image/png")
+    + "02"  # image: union branch 1 (bytes)
+    + "0889504e47"  # 4 bytes
+    + "00"  # image_uri: null
+    + "00"  # prompt: null
+    + "8040"  # max_tokens 4096
+    + "00000000"  # temperature 0.0f
+    + "dcec86829963"  # submitted_at
+    + "00"  # source_system: null
+    + "00"  # correlation_id: null
+    + "00"  # attributes: empty map
+)
+PAGE_A = "02" + "00" + _string("a") + "00" + "00" + "00" + "02"
+PAGE_B = "04" + "00" + _string("b") + "00" + "00" + "00" + "02"
+RESULT_BODY = (
+    _string("doc-1")
+    + "00"  # status: OK (enum index 0)
+    + _string("a\fb")
+    + "04"  # pages: block of 2
+    + PAGE_A
+    + PAGE_B
+    + "00"  # end of array
+    + "04"  # page_count 2
+    + "00" * 3  # error_code, error_message: null; model ""
+    + "00"  # engine ""
+    + "00"  # processing_time_ms 0
+    + "00"  # token_count 0
+    + "00"  # submitted_at: null
+    + "dcec86829963"  # completed_at
+    + "00" * 5  # end_to_end_ms, content_sha256, source_system, correlation_id: null; {}
+    + "00"  # source_topic ""
+    + "01"  # source_partition -1
+    + "01"  # source_offset -1
+    + "00"  # worker_id ""
+)
+DEAD_LETTER_BODY = (
+    "02" + _string("doc-1")  # key
+    + "02" + "00"  # value: b"" (empty, not null)
+    + "00"  # headers: []
+    + _string("ocr.requests")
+    + "00"  # source_partition 0
+    + "0e"  # source_offset 7
+    + "00"  # document_id: null
+    + _string("EmptyDocumentError")
+    + _string("EMPTY_DOCUMENT")
+    + _string("document has zero bytes")
+    + "02"  # attempts 1
+    + "dcec86829963"  # failed_at
+    + "00"  # worker_id ""
+)
+
+GOLDEN = [
+    pytest.param(small_request, "medocr.OcrRequest", REQUEST_BODY, id="request"),
+    pytest.param(small_result, "medocr.OcrResult", RESULT_BODY, id="result"),
+    pytest.param(
+        small_dead_letter, "medocr.OcrDeadLetter", DEAD_LETTER_BODY, id="dead_letter"
+    ),
+]
+
+
+def test_crc64_avro_matches_the_spec_test_vector() -> None:
+    # From the Avro specification's schema-tests: "null" -> 7195948357588979594.
+    expected = (7195948357588979594).to_bytes(8, "little")
+    assert crc64_avro(b'"null"') == expected
+
+
+def test_timestamp_helper_matches_the_golden_literal() -> None:
+    millis = int(AT.timestamp() * 1000)
+    assert millis == 1704164645678
+    assert _zigzag(millis) == "dcec86829963"
+
+
+@pytest.mark.parametrize(("build", "name", "body"), GOLDEN)
+def test_golden_wire_bytes(build: Any, name: str, body: str) -> None:
+    raw = build().encode()
+    assert raw[:2] == b"\xc3\x01"
+    assert raw[2:10].hex() == _fingerprint_hex(name)
+    assert raw.hex() == "c301" + _fingerprint_hex(name) + body
+
+
+@pytest.mark.parametrize(
+    ("name", "fingerprint"),
+    [
+        ("medocr.OcrRequest", "e3a7d03724c37882"),
+        ("medocr.OcrResult", "fd4c2f6fbc50438a"),
+        ("medocr.OcrDeadLetter", "d1da9b310e52f746"),
+    ],
+)
+def test_fingerprints_are_pinned_and_independently_computed(
+    name: str, fingerprint: str
+) -> None:
+    assert load_codec(name).fingerprint.hex() == fingerprint
+    assert _fingerprint_hex(name) == fingerprint
+
+
+@pytest.mark.parametrize(("build", "name", "body"), GOLDEN)
+def test_plain_fastavro_reads_the_bytes(build: Any, name: str, body: str) -> None:
+    """A consumer with only the .avsc file and any Avro library can decode a record."""
+    raw = build().encode()
+    schema_text = resources.files("schemas").joinpath(f"{name}.avsc").read_text()
+    schema = json.loads(schema_text)
+    assert raw[:2] == b"\xc3\x01"
+    expected_fp = fastavro.schema.fingerprint(
+        to_parsing_canonical_form(schema), "CRC-64-AVRO"
+    )
+    assert raw[2:10].hex() == expected_fp
+    record = fastavro.schemaless_reader(io.BytesIO(raw[10:]), parse_schema(schema))
+    assert record == build().to_avro() | _plain_enums(build())
+
+
+def _plain_enums(record: Any) -> dict[str, Any]:
+    return {"status": record.status.value} if isinstance(record, OcrResult) else {}
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        small_request(),
+        small_result(),
+        small_dead_letter(),
+        OcrRequest(
+            document_id="한글-문서",
+            content_type="image/tiff",
+            submitted_at=AT,
+            image_uri="file:///scans/a.tif",
+            prompt="이 의료 문서의 모든 텍스트를 정확하게 추출하라.",
+            max_tokens=128,
+            temperature=0.5,
+            source_system="emr-prod",
+            correlation_id="acc-42",
+            attributes={"ward": "3"},
+        ),
+    ],
+    ids=["request", "result", "dead_letter", "request_full"],
+)
+def test_round_trip(record: Any) -> None:
+    assert type(record).decode(record.encode()) == record
+
+
+# Records valid for each schema's first version, keyed by full name.
+V1_RECORDS: dict[str, dict[str, Any]] = {
+    "medocr.OcrRequest": {
+        "document_id": "d1",
+        "content_type": "image/jpeg",
+        "image": b"\xff\xd8\xff",
+        "submitted_at": AT,
+    },
+    "medocr.OcrResult": {
+        "document_id": "d1",
+        "status": "FAILED",
+        "completed_at": AT,
+        "error_code": "EMPTY_DOCUMENT",
+    },
+    "medocr.OcrDeadLetter": {
+        "source_topic": "t",
+        "source_partition": 1,
+        "source_offset": 2,
+        "error_class": "EmptyDocumentError",
+        "error_code": "EMPTY_DOCUMENT",
+        "error_message": "zero bytes",
+        "failed_at": AT,
+    },
+    "medocr.OcrProgress": {
+        "document_id": "d1",
+        "page_number": 1,
+        "page_count": 2,
+        "status": "OK",
+        "emitted_at": AT,
+    },
+}
+
+
+def _history_files() -> list[str]:
+    folder = resources.files("schemas").joinpath("history")
+    return sorted(e.name for e in folder.iterdir() if e.name.endswith(".avsc"))
+
+
+def _full_name(file_name: str) -> str:
+    return ".".join(file_name.split(".")[:2])
+
+
+def _frame(schema: dict[str, Any], record: dict[str, Any]) -> bytes:
+    canonical = to_parsing_canonical_form(schema)
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, parse_schema(schema), record)
+    return b"\xc3\x01" + crc64_avro(canonical.encode()) + body.getvalue()
+
+
+def test_history_covers_every_current_schema() -> None:
+    assert {_full_name(f) for f in _history_files()} == set(V1_RECORDS)
+
+
+@pytest.mark.parametrize("file_name", _history_files())
+def test_bytes_written_with_a_history_schema_decode(file_name: str) -> None:
+    name = _full_name(file_name)
+    text = resources.files("schemas").joinpath("history", file_name).read_text()
+    old_schema = json.loads(text)
+    raw = _frame(old_schema, V1_RECORDS[name])
+    record = load_codec(name).decode(raw)
+    for field, value in V1_RECORDS[name].items():
+        assert record[field] == value
+
+
+@pytest.mark.parametrize("file_name", _history_files())
+def test_fields_added_since_a_history_schema_have_defaults(file_name: str) -> None:
+    text = resources.files("schemas").joinpath("history", file_name).read_text()
+    old_fields = {f["name"] for f in json.loads(text)["fields"]}
+    current = read_schema(_full_name(file_name))
+    added = [f for f in current["fields"] if f["name"] not in old_fields]
+    assert all("default" in f for f in added), [f["name"] for f in added]
+
+
+def _older_result_schema() -> dict[str, Any]:
+    """OcrResult as if ``worker_id`` and ``content_sha256`` had not existed yet."""
+    schema = copy.deepcopy(read_schema("medocr.OcrResult"))
+    schema["fields"] = [
+        f for f in schema["fields"] if f["name"] not in ("worker_id", "content_sha256")
+    ]
+    return schema
+
+
+def test_an_older_writer_without_defaulted_fields_still_decodes() -> None:
+    older = _older_result_schema()
+    codec = AvroCodec(read_schema("medocr.OcrResult"), (older,))
+    raw = _frame(older, V1_RECORDS["medocr.OcrResult"] | {"model": "m"})
+    assert codec.fingerprint != raw[2:10]
+    record = codec.decode(raw)
+    assert record["worker_id"] == ""
+    assert record["content_sha256"] is None
+    assert record["model"] == "m"
+    result = OcrResult.from_avro(record)
+    assert result.status is DocumentStatus.FAILED
+
+
+def test_unknown_fingerprint_is_a_codec_error() -> None:
+    """A writer schema the codec was never told about cannot be resolved."""
+    older = _older_result_schema()
+    raw = _frame(older, V1_RECORDS["medocr.OcrResult"])
+    with pytest.raises(CodecError, match="unknown schema fingerprint"):
+        load_codec("medocr.OcrResult").decode(raw)
+
+
+def test_a_record_of_another_schema_is_rejected() -> None:
+    with pytest.raises(CodecError, match="unknown schema fingerprint"):
+        OcrRequest.decode(small_result().encode())
+
+
+def _header(name: str) -> bytes:
+    return b"\xc3\x01" + load_codec(name).fingerprint
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(b"\xc3", id="half_marker"),
+        pytest.param(b"\xc3\x01\x00\x01", id="short_fingerprint"),
+        pytest.param(b'{"document_id": "d1"}', id="json"),
+        pytest.param(b"\x89PNG\r\n\x1a\n" + b"\x00" * 16, id="png"),
+        pytest.param(b"\x00\x00\x00\x00\x01" + b"\x00" * 16, id="confluent_framing"),
+        pytest.param(b"\xc3\x02" + b"\x00" * 16, id="wrong_marker_version"),
+        pytest.param(_header("medocr.OcrRequest"), id="header_only"),
+        pytest.param(small_request().encode()[:-5], id="truncated_body"),
+        pytest.param(_header("medocr.OcrRequest") + b"\x0a\xff\xfe", id="bad_utf8"),
+        pytest.param(_header("medocr.OcrRequest") + b"\xff" * 12, id="varint_overflow"),
+    ],
+)
+def test_corrupt_or_foreign_bytes_are_codec_errors(raw: bytes) -> None:
+    with pytest.raises(CodecError):
+        OcrRequest.decode(raw)
+
+
+def test_result_with_an_out_of_range_enum_is_a_codec_error() -> None:
+    body = _string("d1") + "0a"  # status index 5 of two symbols
+    with pytest.raises(CodecError):
+        OcrResult.decode(_header("medocr.OcrResult") + bytes.fromhex(body))
+
+
+def test_trailing_bytes_after_the_body_are_a_codec_error() -> None:
+    """One record per message: bytes left over mean a corrupt or mis-framed value."""
+    with pytest.raises(CodecError):
+        OcrRequest.decode(small_request().encode() + b"\x00junk")
+
+
+def test_a_record_that_does_not_fit_its_schema_is_a_codec_error() -> None:
+    bad = OcrRequest(
+        document_id=None,  # type: ignore[arg-type]
+        content_type="image/png",
+        submitted_at=AT,
+    )
+    with pytest.raises(CodecError, match="does not fit"):
+        bad.encode()

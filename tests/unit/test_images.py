@@ -1,0 +1,377 @@
+"""Every kind of bad scan from the issue, and the odd-but-valid ones, through load_pages."""
+
+from __future__ import annotations
+
+import io
+import random
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from consumers.errors import (
+    DocumentTooLargeError,
+    EmptyDocumentError,
+    ImageUriError,
+    PixelLimitError,
+    PoisonRecordError,
+    TooManyPagesError,
+    UnreadableImageError,
+    UnsupportedFormatError,
+)
+from consumers.images import ImageLimits, load_pages, read_image_uri, sniff_content_type
+
+LIMITS = ImageLimits()
+
+
+def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt, **options)
+    return out.getvalue()
+
+
+def noise(width: int = 120, height: int = 90, seed: int = 0) -> Image.Image:
+    """Incompressible content, so a cut really lands inside the pixel data."""
+    rng = random.Random(seed)
+    pixels = bytes(rng.randrange(256) for _ in range(width * height))
+    return Image.frombytes("L", (width, height), pixels)
+
+
+def multipage_tiff(sizes: list[tuple[int, int]], **options: object) -> bytes:
+    frames = [Image.new("L", size, 255) for size in sizes]
+    return encode(
+        frames[0], "TIFF", save_all=True, append_images=frames[1:], **options
+    )
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return (
+        struct.pack(">I", len(body))
+        + kind
+        + body
+        + struct.pack(">I", zlib.crc32(kind + body))
+    )
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A valid tiny PNG whose header claims ``width`` x ``height`` 8-bit gray pixels."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", idat)
+        + png_chunk(b"IEND", b"")
+    )
+
+
+def good_png() -> bytes:
+    return encode(noise(), "PNG")
+
+
+# --- bad inputs: each is a poison error with its own code ------------------------
+
+
+def test_zero_bytes_is_an_empty_document() -> None:
+    with pytest.raises(EmptyDocumentError) as caught:
+        load_pages(b"", LIMITS)
+    assert caught.value.error_code == "EMPTY_DOCUMENT"
+
+
+def test_oversized_document_is_refused_before_decoding() -> None:
+    raw = good_png()
+    with pytest.raises(DocumentTooLargeError):
+        load_pages(raw, ImageLimits(max_document_bytes=len(raw) - 1))
+    assert len(load_pages(raw, ImageLimits(max_document_bytes=len(raw)))) == 1
+
+
+def test_the_default_size_limit_is_the_seeds_20_mb() -> None:
+    assert LIMITS.max_document_bytes == 20 * 1024 * 1024
+    too_big = b"\x89PNG\r\n\x1a\n" + b"\x00" * (20 * 1024 * 1024)
+    with pytest.raises(DocumentTooLargeError) as caught:
+        load_pages(too_big, LIMITS)
+    assert caught.value.error_code == "DOCUMENT_TOO_LARGE"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(b"%PDF-1.7\n" + b"x" * 100, id="pdf"),
+        pytest.param(b"hello, this is text", id="text"),
+        pytest.param(b"\x00", id="one_byte"),
+        pytest.param(encode(Image.new("L", (5, 5)), "GIF"), id="gif"),
+        pytest.param(encode(Image.new("L", (5, 5)), "BMP"), id="bmp"),
+        pytest.param(encode(Image.new("RGB", (5, 5)), "WEBP"), id="webp"),
+        pytest.param(b"\x89PN", id="cut_png_magic"),
+    ],
+)
+def test_non_image_bytes_are_an_unsupported_format(raw: bytes) -> None:
+    with pytest.raises(UnsupportedFormatError) as caught:
+        load_pages(raw, LIMITS)
+    assert caught.value.error_code == "UNSUPPORTED_FORMAT"
+
+
+def _cuts(raw: bytes) -> list[bytes]:
+    return [raw[: int(len(raw) * frac)] for frac in (0.9, 0.5, 0.1)]
+
+
+_JPEG = encode(noise(), "JPEG", quality=90)
+TRUNCATED = [
+    pytest.param(cut, id=f"{name}-{i}")
+    for name, raw in [
+        ("png", encode(noise(), "PNG")),
+        ("jpeg", _JPEG),
+        ("jpeg_without_eoi", _JPEG[:-2]),
+        ("tiff_raw", encode(noise(), "TIFF")),
+    ]
+    for i, cut in enumerate(_cuts(raw) if name != "jpeg_without_eoi" else [raw])
+]
+
+
+def test_png_missing_only_its_iend_crc_still_decodes() -> None:
+    """All pixel data is there; Pillow does not check the final chunk's CRC."""
+    raw = encode(noise(), "PNG")
+    (page,) = load_pages(raw[:-2], LIMITS)
+    assert page.tobytes() == noise().tobytes()
+
+
+@pytest.mark.parametrize("raw", TRUNCATED)
+def test_truncated_images_are_unreadable(raw: bytes) -> None:
+    """Pillow refuses truncated data while ImageFile.LOAD_TRUNCATED_IMAGES is False.
+
+    That holds for JPEG too, even with only the final EOI marker missing: Pillow does
+    not hand back a partly grey page.
+    """
+    with pytest.raises(UnreadableImageError) as caught:
+        load_pages(raw, LIMITS)
+    assert caught.value.error_code == "UNREADABLE_IMAGE"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(
+            encode(noise(), "TIFF", compression="tiff_lzw")[:2000], id="lzw_tiff"
+        ),
+        pytest.param(
+            encode(noise().convert("1"), "TIFF", compression="group4")[:500],
+            id="group4_tiff",
+        ),
+        pytest.param(b"II*\x00" + b"x" * 100, id="tiff_magic_then_garbage"),
+    ],
+)
+def test_truncated_tiff_with_its_directory_cut_off_is_unreadable(raw: bytes) -> None:
+    """Pillow warns "Corrupt EXIF data" (a UserWarning) before it gives up on these.
+
+    The outcome must not depend on the process's warning filters: with warnings as
+    errors (pytest here, ``python -W error`` in production) the warning must still end
+    as UNREADABLE_IMAGE, never as an unknown exception that crashes the worker.
+    """
+    with pytest.raises(UnreadableImageError):
+        load_pages(raw, LIMITS)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(b"\x89PNG\r\n\x1a\n" + b"x" * 100, id="png_magic_then_garbage"),
+        pytest.param(b"\xff\xd8\xff" + b"x" * 100, id="jpeg_magic_then_garbage"),
+        pytest.param(png_claiming(0, 10), id="png_zero_width"),
+    ],
+)
+def test_magic_bytes_with_garbage_behind_them_are_unreadable(raw: bytes) -> None:
+    with pytest.raises(UnreadableImageError):
+        load_pages(raw, LIMITS)
+
+
+@pytest.mark.parametrize(
+    ("width", "height"),
+    [(100_000, 100_000), (65_535, 65_535), (10_001, 10_000)],
+)
+def test_decompression_bomb_is_refused_from_the_header(width: int, height: int) -> None:
+    raw = png_claiming(width, height)
+    assert len(raw) < 200
+    with pytest.raises(PixelLimitError) as caught:
+        load_pages(raw, LIMITS)
+    assert caught.value.error_code == "PIXEL_LIMIT"
+
+
+def test_pixel_limit_is_configurable() -> None:
+    raw = encode(Image.new("L", (100, 100), 255), "PNG")
+    with pytest.raises(PixelLimitError):
+        load_pages(raw, ImageLimits(max_pixels=9_999))
+    assert len(load_pages(raw, ImageLimits(max_pixels=10_000))) == 1
+
+
+def test_a_bomb_on_a_later_tiff_page_is_refused() -> None:
+    raw = multipage_tiff([(10, 10), (300, 200)])
+    with pytest.raises(PixelLimitError, match="page 2"):
+        load_pages(raw, ImageLimits(max_pixels=50_000))
+
+
+def test_too_many_pages() -> None:
+    raw = multipage_tiff([(10, 10)] * 4)
+    with pytest.raises(TooManyPagesError) as caught:
+        load_pages(raw, ImageLimits(max_pages=3))
+    assert caught.value.error_code == "TOO_MANY_PAGES"
+    assert len(load_pages(raw, ImageLimits(max_pages=4))) == 4
+
+
+def test_every_bad_input_is_a_poison_record() -> None:
+    cases = [b"", b"text", b"\x89PNG\r\n\x1a\nxx", png_claiming(100_000, 100_000)]
+    for raw in cases:
+        with pytest.raises(PoisonRecordError):
+            load_pages(raw, LIMITS)
+
+
+# --- odd but valid inputs: decoded into 8-bit L or RGB ---------------------------
+
+
+def test_cmyk_jpeg_becomes_rgb() -> None:
+    raw = encode(Image.new("CMYK", (10, 10), (0, 255, 0, 0)), "JPEG")
+    assert Image.open(io.BytesIO(raw)).mode == "CMYK"
+    (page,) = load_pages(raw, LIMITS)
+    assert page.mode == "RGB"
+    red, green, blue = page.getpixel((5, 5))  # type: ignore[misc]
+    assert red > 200 and green < 60 and blue > 200  # magenta stays magenta
+
+
+def test_16_bit_png_is_scaled_to_8_bit() -> None:
+    wide = Image.new("I;16", (10, 10))
+    wide.putdata([1000 + 20 * i for i in range(100)])  # 1000..2980: all above 255
+    raw = encode(wide, "PNG")
+    assert Image.open(io.BytesIO(raw)).mode == "I;16"
+    (page,) = load_pages(raw, LIMITS)
+    assert page.mode == "L"
+    low, high = page.getextrema()  # type: ignore[misc]
+    assert low == 0
+    assert high >= 250  # the real range is stretched, not clipped to white
+
+
+def test_palette_png_with_transparency_is_flattened_on_white() -> None:
+    palette = Image.new("P", (10, 10), 0)
+    palette.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    for x in range(5):
+        for y in range(10):
+            palette.putpixel((x, y), 1)
+    raw = encode(palette, "PNG", transparency=0)  # index 0 (black) is transparent
+    (page,) = load_pages(raw, LIMITS)
+    assert page.mode == "RGB"
+    assert page.getpixel((1, 1)) == (255, 0, 0)
+    assert page.getpixel((8, 8)) == (255, 255, 255)  # not black text on black
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "I", "F", "YCbCr", "P"])
+def test_other_modes_end_as_8_bit(mode: str) -> None:
+    image = Image.new(mode, (6, 4))
+    fmt = "TIFF" if mode in ("I", "F", "YCbCr") else "PNG"
+    (page,) = load_pages(encode(image, fmt), LIMITS)
+    assert page.mode in ("L", "RGB")
+    assert page.size == (6, 4)
+
+
+def test_bilevel_tiff_becomes_gray() -> None:
+    raw = encode(noise().convert("1"), "TIFF", compression="group4")
+    assert Image.open(io.BytesIO(raw)).mode == "1"
+    (page,) = load_pages(raw, LIMITS)
+    assert page.mode == "L"
+    assert page.getextrema() == (0, 255)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "TIFF"])
+def test_exif_orientation_6_is_rotated_upright(fmt: str) -> None:
+    image = Image.new("L", (40, 20), 255)
+    image.paste(0, (0, 0, 10, 20))  # a dark band on the stored image's left edge
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    (page,) = load_pages(encode(image, fmt, exif=exif.tobytes()), LIMITS)
+    assert page.size == (20, 40)
+    # After a clockwise turn, the stored left edge is the displayed top edge.
+    assert page.getpixel((10, 2)) < 64  # type: ignore[operator]
+    assert page.getpixel((10, 37)) > 192  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        ((5000, 100), (4096, 82)),
+        ((100, 8192), (50, 4096)),
+        ((4096, 4096), (4096, 4096)),
+        ((4097, 10), (4096, 10)),
+    ],
+)
+def test_long_side_is_downscaled_to_4096(
+    size: tuple[int, int], expected: tuple[int, int]
+) -> None:
+    (page,) = load_pages(encode(Image.new("L", size, 255), "PNG"), LIMITS)
+    assert page.size == expected
+
+
+def test_small_pages_are_not_upscaled() -> None:
+    (page,) = load_pages(encode(Image.new("L", (30, 20), 255), "PNG"), LIMITS)
+    assert page.size == (30, 20)
+
+
+def test_multipage_tiff_keeps_every_page_in_order() -> None:
+    sizes = [(10, 10), (11, 10), (12, 10), (13, 10), (14, 10)]
+    pages = load_pages(multipage_tiff(sizes, compression="tiff_lzw"), LIMITS)
+    assert [p.size for p in pages] == sizes
+    assert all(p.mode == "L" for p in pages)
+
+
+# --- magic bytes and file:// URIs -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"\x89PNG\r\n\x1a\n....", "image/png"),
+        (b"\xff\xd8\xff\xe0....", "image/jpeg"),
+        (b"II*\x00....", "image/tiff"),
+        (b"MM\x00*....", "image/tiff"),
+        (b"GIF89a", None),
+        (b"", None),
+    ],
+)
+def test_sniff_content_type(raw: bytes, expected: str | None) -> None:
+    assert sniff_content_type(raw) == expected
+
+
+def test_read_image_uri_reads_a_file_below_a_root(tmp_path: Path) -> None:
+    scan = tmp_path / "scans" / "a b.png"
+    scan.parent.mkdir()
+    scan.write_bytes(good_png())
+    uri = "file://" + str(scan).replace(" ", "%20")
+    assert read_image_uri(uri, (str(tmp_path / "scans"),), LIMITS) == good_png()
+
+
+@pytest.mark.parametrize(
+    ("uri", "roots", "error"),
+    [
+        ("http://example.org/a.png", ("{root}",), ImageUriError),
+        ("s3://bucket/a.png", ("{root}",), ImageUriError),
+        ("file://{root}/a.png", (), ImageUriError),
+        ("file://{root}/../outside.png", ("{root}",), ImageUriError),
+        ("file://{root}-evil/a.png", ("{root}",), ImageUriError),
+        ("file://{root}/missing.png", ("{root}",), ImageUriError),
+        ("file://{root}/big.png", ("{root}",), DocumentTooLargeError),
+    ],
+)
+def test_read_image_uri_refusals(
+    tmp_path: Path, uri: str, roots: tuple[str, ...], error: type[Exception]
+) -> None:
+    root = tmp_path / "scans"
+    root.mkdir()
+    (root / "a.png").write_bytes(good_png())
+    (root / "big.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 200)
+    (tmp_path / "outside.png").write_bytes(good_png())
+    evil = tmp_path / "scans-evil"
+    evil.mkdir()
+    (evil / "a.png").write_bytes(good_png())
+    limits = ImageLimits(max_document_bytes=100)
+    with pytest.raises(error):
+        read_image_uri(
+            uri.format(root=root), tuple(r.format(root=root) for r in roots), limits
+        )

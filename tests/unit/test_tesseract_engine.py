@@ -1,0 +1,170 @@
+"""The real Tesseract engine on the repository's sample scans."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from consumers.engines.base import OcrEngine, PageRequest
+from consumers.engines.tesseract import TesseractEngine
+from consumers.errors import ConfigurationError, PageFailedError
+from consumers.images import ImageLimits, load_pages
+from consumers.settings import DEFAULT_PROMPT, TesseractSettings
+from tests.support.cer import SAMPLES_DIR, load_manifest, micro_cer, score_page
+
+pytestmark = pytest.mark.tesseract
+
+# The engine scores about 0.2 on these four samples (one is a 100-dpi "hard" scan);
+# raw tesseract with its defaults scores about 0.35.
+SAMPLES_CER_BOUND = 0.30
+
+
+def _request(image: Image.Image, page_number: int = 1) -> PageRequest:
+    return PageRequest(
+        document_id="test-doc",
+        page_number=page_number,
+        image=image,
+        prompt=DEFAULT_PROMPT,
+        max_tokens=4096,
+        temperature=0.0,
+    )
+
+
+def _sample_page(doc_id: str = "pub-0029") -> Image.Image:
+    return load_pages((SAMPLES_DIR / f"{doc_id}.png").read_bytes(), ImageLimits())[0]
+
+
+async def _started(settings: TesseractSettings) -> TesseractEngine:
+    engine = TesseractEngine(settings)
+    await engine.start()
+    return engine
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[TesseractEngine]:
+    engine = await _started(TesseractSettings(workers=2))
+    yield engine
+    await engine.close()
+
+
+async def test_start_reads_the_version_and_reports_health(engine: TesseractEngine) -> None:
+    assert isinstance(engine, OcrEngine)
+    assert engine.name == "tesseract"
+    assert engine.model.startswith("tesseract 5.")
+    assert engine.model.endswith(" kor+eng")
+    health = engine.health()
+    assert health.loaded
+    assert not health.gpu_available
+    assert engine.capacity() == 4
+
+
+async def test_health_is_not_loaded_before_start_or_after_close() -> None:
+    engine = TesseractEngine(TesseractSettings(workers=1))
+    assert not engine.health().loaded
+    await engine.start()
+    await engine.close()
+    assert not engine.health().loaded
+
+
+async def test_sample_documents_within_the_cer_bound(engine: TesseractEngine) -> None:
+    scores = []
+    for case in load_manifest(SAMPLES_DIR):
+        pages = load_pages(case.path.read_bytes(), ImageLimits())
+        results = await asyncio.gather(
+            *(engine.recognize(_request(page, n)) for n, page in enumerate(pages, 1))
+        )
+        for result, truth in zip(results, case.ground_truth, strict=True):
+            assert result.engine_s > 0
+            assert result.token_count == len(result.text.split())
+            scores.append(score_page(result.text, truth))
+    assert micro_cer(scores) < SAMPLES_CER_BOUND
+
+
+async def test_a_page_over_the_timeout_fails_and_leaves_no_process() -> None:
+    engine = await _started(TesseractSettings(workers=1, page_timeout_s=0.05))
+    try:
+        with pytest.raises(PageFailedError, match="within 0.05 s"):
+            await engine.recognize(_request(_sample_page()))
+        assert engine.running_processes == 0
+        assert _tesseract_children() == 0
+    finally:
+        await engine.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_no_more_processes_than_workers(workers: int) -> None:
+    engine = await _started(TesseractSettings(workers=workers))
+    page = _sample_page()
+    try:
+        recognitions = asyncio.gather(
+            *(engine.recognize(_request(page, n)) for n in range(1, 5))
+        )
+        seen = 0
+        while not recognitions.done():
+            seen = max(seen, _tesseract_children())
+            await asyncio.sleep(0.01)
+        results = await recognitions
+    finally:
+        await engine.close()
+    assert seen == workers  # all of them used, never more
+    assert len({result.text for result in results}) == 1
+
+
+def _tesseract_children() -> int:
+    """Live tesseract processes whose parent is this test process (Linux /proc)."""
+    count = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            name = (entry / "comm").read_text().strip()
+        except OSError:
+            continue  # the process ended while we looked
+        if name == "tesseract" and int(fields[1]) == os.getpid() and fields[0] != "Z":
+            count += 1
+    return count
+
+
+async def test_missing_language_is_a_configuration_error() -> None:
+    engine = TesseractEngine(TesseractSettings(languages="kor+xyz"))
+    with pytest.raises(ConfigurationError, match="xyz"):
+        await engine.start()
+
+
+async def test_missing_binary_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ConfigurationError, match="tesseract binary on PATH"):
+        await TesseractEngine(TesseractSettings()).start()
+
+
+async def test_a_crashing_binary_fails_the_page(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A stand-in tesseract that answers the start-up probes and dies on every page.
+    fake = tmp_path / "tesseract"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'case "$1" in\n'
+        "  --version) echo 'tesseract 5.3.0' ;;\n"
+        "  --list-langs) printf 'List of available languages (2):\\nkor\\neng\\n' ;;\n"
+        "  *) cat >/dev/null; echo 'Segmentation fault' >&2; kill -SEGV $$ ;;\n"
+        "esac\n"
+    )
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    engine = await _started(TesseractSettings(workers=1))
+    try:
+        assert engine.model == "tesseract 5.3.0 kor+eng"
+        with pytest.raises(PageFailedError, match="page 3: killed by SIGSEGV"):
+            await engine.recognize(_request(_sample_page(), page_number=3))
+    finally:
+        await engine.close()

@@ -1,0 +1,556 @@
+"""The vLLM engine's page logic, its engine boundary faked at the edge (no GPU).
+
+``FakeVllmClient`` stands where ``AsyncLlmClient`` stands in production: it records
+every request it is given and answers from a script, so these tests see exactly what the
+engine would be asked (image size, chat text, sampling) and what a page ends as.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import pytest
+from PIL import Image
+from prometheus_client import CollectorRegistry
+
+from consumers.engines import OcrEngine, PageRequest, PageStatus
+from consumers.engines.vllm_pages import (
+    EngineMetrics,
+    Generation,
+    GenerationRequest,
+    VllmClient,
+    VllmPageEngine,
+)
+from consumers.engines.vllm_quality import (
+    RUN_MIN_CHARS,
+    has_long_run,
+    is_repetitive,
+    judge_page,
+    repeated_tail,
+)
+from consumers.engines.vllm_requests import (
+    cap_max_tokens,
+    engine_kwargs,
+    fit_pixels,
+    max_visual_tokens,
+    page_capacity,
+    plan_sampling,
+    prepare_image,
+    visual_tokens,
+)
+from consumers.errors import EngineDeadError, PageFailedError
+from consumers.settings import VllmSettings
+
+CHAT = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{}<|im_end|>\n"
+TEXT_TOKENS = (
+    40  # what the fake tokenizer says the chat text takes, placeholder included
+)
+KV_TOKENS = 900_000
+
+
+def settings(**overrides: object) -> VllmSettings:
+    return VllmSettings.model_validate(overrides)
+
+
+@dataclass
+class FakeVllmClient:
+    """Answers each generate() from ``script`` (one entry a call; the last repeats)."""
+
+    script: list[Generation | Exception]
+    kv_tokens: int = KV_TOKENS
+    dead: bool = False
+    requests: list[GenerationRequest] = field(default_factory=list)
+    rendered: list[str] = field(default_factory=list)
+    closed: bool = False
+
+    def kv_cache_tokens(self) -> int:
+        return self.kv_tokens
+
+    def render_chat(self, prompt: str) -> str:
+        self.rendered.append(prompt)
+        return CHAT.format(prompt)
+
+    def count_tokens(self, text: str) -> int:
+        return TEXT_TOKENS
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        self.requests.append(request)
+        step = self.script[min(len(self.requests), len(self.script)) - 1]
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+    def is_dead(self) -> bool:
+        return self.dead
+
+    def gpu_available(self) -> bool:
+        return True
+
+    def shutdown(self) -> None:
+        self.closed = True
+
+
+def ok(text: str = "환자 성명: 홍길동\n진단: 감기") -> Generation:
+    return Generation(text=text, output_tokens=len(text), finish_reason="stop")
+
+
+def cut(text: str = "a long page that did not") -> Generation:
+    return Generation(text=text, output_tokens=4096, finish_reason="length")
+
+
+LOOP = Generation(text="Name: " + "_" * 600, output_tokens=600, finish_reason="length")
+
+
+@pytest.fixture
+async def make_engine() -> AsyncIterator[
+    Callable[..., tuple[VllmPageEngine, FakeVllmClient]]
+]:
+    engines: list[VllmPageEngine] = []
+
+    def make(
+        script: list[Generation | Exception], **overrides: object
+    ) -> tuple[VllmPageEngine, FakeVllmClient]:
+        client = FakeVllmClient(script)
+
+        async def connect(metrics: EngineMetrics) -> VllmClient:
+            return client
+
+        engine = VllmPageEngine(settings(**overrides), CollectorRegistry(), connect)
+        engines.append(engine)
+        return engine, client
+
+    yield make
+    for engine in engines:
+        await engine.close()
+
+
+def page(
+    width: int = 1240,
+    height: int = 1754,
+    *,
+    mode: str = "L",
+    max_tokens: int = 4096,
+    temperature: float = 0.0,
+    prompt: str = "이 의료 문서의 모든 텍스트를 정확하게 추출하라.",
+) -> PageRequest:
+    return PageRequest(
+        document_id="doc-1",
+        page_number=1,
+        image=Image.new(mode, (width, height), 255),
+        prompt=prompt,
+        max_tokens=max_tokens,
+        temperature=temperature,
+    )
+
+
+# ---------------------------------------------------------------- pixel bounds
+
+
+@pytest.mark.parametrize(
+    ("size", "bounds", "expected"),
+    [
+        (
+            (1240, 1754),
+            (3136, 1280 * 28 * 28),
+            (840, 1176),
+        ),  # A4 at 150 dpi: scaled down
+        ((840, 1176), (3136, 1280 * 28 * 28), (840, 1176)),  # already on the grid
+        ((1000, 700), (3136, 1280 * 28 * 28), (1008, 700)),  # rounded to the 28 px grid
+        ((20, 20), (3136, 1280 * 28 * 28), (56, 56)),  # tiny: scaled up to min_pixels
+        ((4096, 4096), (3136, 256 * 28 * 28), (448, 448)),  # square, small budget
+    ],
+)
+def test_fit_pixels_matches_the_processor_grid(
+    size: tuple[int, int], bounds: tuple[int, int], expected: tuple[int, int]
+) -> None:
+    width, height = fit_pixels(*size, *bounds)
+    assert (width, height) == expected
+    assert width % 28 == 0
+    assert height % 28 == 0
+    assert bounds[0] <= width * height <= bounds[1]
+
+
+@pytest.mark.parametrize(
+    "size",
+    [(w, h) for w in (29, 333, 1240, 2480, 4096) for h in (57, 1000, 1754, 4096)],
+)
+def test_fit_pixels_always_lands_in_bounds(size: tuple[int, int]) -> None:
+    width, height = fit_pixels(*size, 3136, 1280 * 28 * 28)
+    assert 3136 <= width * height <= 1280 * 28 * 28
+    assert visual_tokens(width, height) <= max_visual_tokens(1280 * 28 * 28)
+
+
+def test_fit_pixels_refuses_slivers() -> None:
+    with pytest.raises(PageFailedError, match="aspect ratio"):
+        fit_pixels(10_000, 20, 3136, 1280 * 28 * 28)
+
+
+def test_prepare_image_resizes_to_rgb_at_the_final_size() -> None:
+    prepared = prepare_image(Image.new("L", (1240, 1754), 200), 3136, 1280 * 28 * 28)
+    assert prepared.mode == "RGB"
+    assert prepared.size == (840, 1176)
+    assert visual_tokens(*prepared.size) == 1260
+
+
+def test_prepare_image_keeps_an_image_already_in_shape() -> None:
+    image = Image.new("RGB", (840, 1176), (10, 20, 30))
+    assert prepare_image(image, 3136, 1280 * 28 * 28) is image
+
+
+# ---------------------------------------------------------------- sampling rules
+
+
+def test_greedy_request_has_no_top_p() -> None:
+    plan = plan_sampling(0.0, 0, 512)
+    assert (plan.temperature, plan.top_p, plan.max_tokens) == (0.0, 1.0, 512)
+    assert plan.ignore_eos is False
+
+
+def test_sampled_request_uses_top_p_095() -> None:
+    plan = plan_sampling(0.7, 0, 512)
+    assert (plan.temperature, plan.top_p) == (0.7, 0.95)
+
+
+@pytest.mark.parametrize(
+    ("temperature", "attempts", "expected"),
+    [(0.0, 3, [0.0, 0.2, 0.4]), (0.7, 3, [0.7, 0.9, 1.0]), (1.5, 2, [1.5, 1.5])],
+)
+def test_retries_raise_the_temperature_and_never_lower_it(
+    temperature: float, attempts: int, expected: list[float]
+) -> None:
+    temps = [plan_sampling(temperature, a, 64).temperature for a in range(attempts)]
+    assert temps == pytest.approx(expected)
+    assert all(
+        plan_sampling(temperature, a, 64).top_p == 0.95 for a in range(1, attempts)
+    )
+
+
+@pytest.mark.parametrize("temperature", [-0.1, 2.5])
+def test_out_of_range_temperature_fails_the_page(temperature: float) -> None:
+    with pytest.raises(PageFailedError, match="temperature"):
+        plan_sampling(temperature, 0, 64)
+
+
+@pytest.mark.parametrize(
+    ("requested", "prompt", "expected"),
+    [(4096, 1300, 4096), (8000, 1300, 6892), (1, 8191, 1)],
+)
+def test_max_tokens_is_capped_by_the_model_length(
+    requested: int, prompt: int, expected: int
+) -> None:
+    assert cap_max_tokens(requested, prompt, 8192) == expected
+
+
+@pytest.mark.parametrize(("requested", "prompt"), [(0, 100), (10, 8192), (10, 9000)])
+def test_max_tokens_without_room_fails_the_page(requested: int, prompt: int) -> None:
+    with pytest.raises(PageFailedError):
+        cap_max_tokens(requested, prompt, 8192)
+
+
+def test_engine_kwargs_carry_every_setting_and_pin_the_batch_budget() -> None:
+    kwargs = engine_kwargs(
+        settings(
+            MODEL_NAME="/tmp/model",
+            GPU_MEMORY_UTIL=0.85,
+            MAX_NUM_SEQS=128,
+            ENGINE_LOAD_FORMAT="dummy",
+            ENGINE_DTYPE="bfloat16",
+            ENGINE_MAX_PIXELS=1003520,
+        )
+    )
+    assert kwargs["model"] == kwargs["tokenizer"] == "/tmp/model"
+    assert kwargs["gpu_memory_utilization"] == 0.85
+    assert kwargs["max_num_seqs"] == 128
+    assert kwargs["max_num_batched_tokens"] == 16384
+    assert kwargs["load_format"] == "dummy"
+    assert kwargs["dtype"] == "bfloat16"
+    assert kwargs["limit_mm_per_prompt"] == {"image": 1, "video": 0}
+    assert kwargs["mm_processor_kwargs"] == {
+        "size": {"shortest_edge": 3136, "longest_edge": 1003520}
+    }
+    assert kwargs["enable_prefix_caching"] is False
+    assert kwargs["mm_processor_cache_gb"] == 0.0
+    assert kwargs["renderer_num_workers"] == 4
+
+
+def test_processor_cache_forces_one_renderer_thread() -> None:
+    kwargs = engine_kwargs(settings(ENGINE_MM_CACHE_GB=4, ENGINE_PREP_THREADS=8))
+    assert kwargs["renderer_num_workers"] == 1
+
+
+# ---------------------------------------------------------------- repetition detection
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Signature: " + "_" * RUN_MIN_CHARS,
+        "Total " + "." * 400 + " 12",
+        "| 1 | " + "ㅋ" * 300,
+        "Header\n" + "| --- | --- |\n" * 40,
+        "진단명: " + "감기 " * 200,
+        "abc " + "lorem ipsum dolor sit amet, " * 20,
+        "x\n" + "Name:\n\n  ____\n" * 30,  # whitespace differences do not hide a loop
+    ],
+)
+def test_loops_are_repetitive(text: str) -> None:
+    assert is_repetitive(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "환자 성명: 홍길동\n진단: 감기\n처방: 타이레놀 500mg",
+        "Signature: " + "_" * 60 + "  Date: ____/____/______",
+        "Contents " + "." * 80 + " 3\nMethods " + "." * 82 + " 7",
+        "| a | b |\n| --- | --- |\n" + "|  |  |\n" * 12 + "Total: 3",
+        " ".join(f"line {i}: value {i * 7 % 13}" for i in range(300)),
+    ],
+)
+def test_real_pages_are_not_repetitive(text: str) -> None:
+    assert not is_repetitive(text)
+
+
+def test_long_run_ignores_whitespace_runs() -> None:
+    assert not has_long_run(" " * 1000)
+    assert not has_long_run("\n" * 1000)
+
+
+def test_repeated_tail_reports_the_shortest_period() -> None:
+    assert repeated_tail("intro " + "ab" * 200) == (2, 200)
+    assert repeated_tail("intro only once") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "finish", "status"),
+    [
+        ("fine", "stop", PageStatus.OK),
+        ("fine", None, PageStatus.OK),
+        ("cut off", "length", PageStatus.TRUNCATED),
+        ("_" * 500, "length", PageStatus.REPETITIVE),  # a loop that hit the limit
+        ("_" * 500, "stop", PageStatus.REPETITIVE),
+    ],
+)
+def test_judge_page(text: str, finish: str, status: PageStatus) -> None:
+    assert judge_page(text, finish) is status
+
+
+# ---------------------------------------------------------------- capacity figure
+
+
+def test_capacity_is_the_running_slots_plus_one_prefill_step() -> None:
+    figure = page_capacity(settings(MAX_NUM_SEQS=128), KV_TOKENS, TEXT_TOKENS)
+    # 1280 visual + 40 text + 4096 output = 5416 tokens per page sequence
+    assert figure.tokens_per_page == 5416
+    assert figure.kv_pages == KV_TOKENS // 5416  # 166
+    assert figure.running == 128
+    assert figure.reserve == 13  # ceil(16384 / 1320)
+    assert figure.pages == 141
+
+
+def test_capacity_is_bounded_by_the_kv_cache() -> None:
+    figure = page_capacity(settings(MAX_NUM_SEQS=256), 100_000, TEXT_TOKENS)
+    assert figure.kv_pages == 18
+    assert figure.running == 18
+    assert figure.pages == 18 + 13
+
+
+def test_capacity_output_budget_follows_the_default_max_tokens() -> None:
+    short = page_capacity(settings(ENGINE_DEFAULT_MAX_TOKENS=256), 200_000, TEXT_TOKENS)
+    assert short.tokens_per_page == 1280 + 40 + 256
+    assert short.kv_pages == 200_000 // 1576
+
+
+def test_capacity_never_drops_below_one_page() -> None:
+    figure = page_capacity(settings(), 0, TEXT_TOKENS)
+    assert figure.running == 1
+    assert figure.pages == 2
+
+
+# ------------------------------------------------------------ the engine over a fake
+
+
+async def test_engine_sends_the_prepared_image_and_chat_text(
+    make_engine: Callable[..., tuple[VllmPageEngine, FakeVllmClient]],
+) -> None:
+    engine, client = make_engine([ok()])
+    assert isinstance(engine, OcrEngine)
+    await engine.start()
+    result = await engine.recognize(page(max_tokens=777, temperature=0.0))
+    assert result.status is PageStatus.OK
+    assert result.text == ok().text
+    assert result.attempts == 1
+    assert result.finish_reason == "stop"
+    (request,) = client.requests
+    assert request.image.size == (840, 1176)
+    assert request.image.mode == "RGB"
+    assert request.chat_text.index("<|image_pad|>") < request.chat_text.index("의료")
+    assert request.sampling.max_tokens == 777
+    assert request.sampling.temperature == 0.0
+    assert request.sampling.top_p == 1.0
+    assert request.sampling.ignore_eos is False
+
+
+async def test_chat_prompt_is_rendered_once_per_prompt(
+    make_engine: Callable[..., tuple[VllmPageEngine, FakeVllmClient]],
+) -> None:
+    engine, client = make_engine([ok()])
+    await engine.start()
+    for _ in range(3):
+        await engine.recognize(page(prompt="A"))
+    await engine.recognize(page(prompt="B"))
+    assert client.rendered == ["", "A", "B"]  # "" sizes the capacity figure at start
+
+
+async def test_max_tokens_cap_uses_the_page_prompt_length(
+    make_engine: Callable[..., tuple[VllmPageEngine, FakeVllmClient]],
+) -> None:
+    engine, client = make_engine([ok()], MAX_MODEL_LEN=2048)
+    await engine.start()
+    await engine.recognize(page(max_tokens=4096))
+    # 1260 visual tokens + 39 text tokens (placeholder excluded) leave 749
+    assert client.requests[0].sampling.max_tokens == 2048 - 1260 - 39
+
+
+async def test_truncated_page_is_retried_hotter_then_flagged(
+    make_engine: Callable[..., tuple[VllmPageEngine, FakeVllmClient]],
+) -> None:
+    engine, client = make_engine([cut()], ENGINE_QUALITY_RETRIES=2)
+    await engine.start()
+    result = await engine.recognize(page())
+    assert result.status is PageStatus.TRUNCATED
+    assert result.attempts == 3
+    assert [r.sampling.temperature for r in client.requests] == pytest.approx(
+        [0.0, 0.2, 0.4]
+    )
+    assert [r.sampling.top_p for r in client.requests] == [1.0, 0.95, 0.95]
+
+
+async def test_retry_that_succeeds_returns_ok(
+    make_engine: Callable[..., tuple[VllmPageEngine, FakeVllmClient]],
+) -> None:
+    engine, client = make_engine([LOOP, ok("clean text")], ENGINE_QUALITY_RETRIES=2)
+    await engine.start()
+    result = await engine.recognize(page())
+    assert (result.status, result.text, result.attempts) == (
+        PageStatus.OK,
+        "clean text",
+        2,
+    )
+    assert len(client.requests) == 2
+
+
+async def test_looping_page_keeps_the_best_attempt(
+    make_engine: Callable[..., tuple[VllmPageEngine, FakeVllmClient]],
+) -> None:
+    engine, _ = make_engine(
+        [LOOP, cut("partial but real"), LOOP], ENGINE_QUALITY_RETRIES=2
+    )
+    await engine.start()
+    result = await engine.recognize(page())
+    assert (result.status, result.text) == (PageStatus.TRUNCATED, "partial but real")
+    assert result.attempts == 3
+
+
+async def test_looping_page_is_flagged_repetitive_never_ok(
+    make_engine: Callable[..., tuple[VllmPageEngine, FakeVllmClient]],
+) -> None:
+    engine, _ = make_engine([LOOP], ENGINE_QUALITY_RETRIES=1)
+    await engine.start()
+    result = await engine.recognize(page())
+    assert result.status is PageStatus.REPETITIVE
+    assert result.attempts == 2
+
+
+async def test_no_retries_and_ignore_eos_for_benchmarks(
+    make_engine: Callable[..., tuple[VllmPageEngine, FakeVllmClient]],
+) -> None:
+    engine, client = make_engine(
+        [cut()], ENGINE_QUALITY_RETRIES=0, ENGINE_IGNORE_EOS=True
+    )
+    await engine.start()
+    result = await engine.recognize(page(max_tokens=256))
+    assert result.status is PageStatus.TRUNCATED
+    assert len(client.requests) == 1
+    assert client.requests[0].sampling.ignore_eos is True
+
+
+async def test_client_errors_pass_through_as_pipeline_errors(
+    make_engine: Callable[..., tuple[VllmPageEngine, FakeVllmClient]],
+) -> None:
+    engine, _ = make_engine([PageFailedError("engine rejected the page")])
+    await engine.start()
+    with pytest.raises(PageFailedError):
+        await engine.recognize(page())
+
+
+async def test_dead_engine_is_fatal_and_unhealthy(
+    make_engine: Callable[..., tuple[VllmPageEngine, FakeVllmClient]],
+) -> None:
+    engine, client = make_engine([ok()])
+    await engine.start()
+    assert engine.health().loaded
+    client.dead = True
+    assert not engine.health().loaded
+    with pytest.raises(EngineDeadError):
+        await engine.recognize(page())
+    assert client.requests == []
+
+
+async def test_health_capacity_and_metrics_follow_start_and_close(
+    make_engine: Callable[..., tuple[VllmPageEngine, FakeVllmClient]],
+) -> None:
+    registry = CollectorRegistry()
+    client = FakeVllmClient([ok()])
+
+    async def connect(metrics: EngineMetrics) -> VllmClient:
+        metrics.observe_scheduler(running=3, waiting=2, kv_cache_usage=0.25)
+        metrics.add_tokens(prompt_tokens=1300, generation_tokens=0)
+        metrics.add_tokens(prompt_tokens=0, generation_tokens=256)
+        return client
+
+    engine = VllmPageEngine(settings(MAX_NUM_SEQS=64), registry, connect)
+    assert engine.health().loaded is False
+    with pytest.raises(RuntimeError, match="after start"):
+        engine.capacity()
+    await engine.start()
+    health = engine.health()
+    assert (health.loaded, health.gpu_available) == (True, True)
+    assert engine.capacity() == 64 + 13
+    sample = registry.get_sample_value
+    assert sample("ocr_engine_page_capacity") == 77
+    assert sample("ocr_engine_requests_running") == 3
+    assert sample("ocr_engine_requests_waiting") == 2
+    assert sample("ocr_engine_kv_cache_usage_ratio") == 0.25
+    assert sample("ocr_engine_prompt_tokens_total") == 1300
+    assert sample("ocr_engine_generation_tokens_total") == 256
+    await engine.close()
+    assert client.closed
+    assert engine.health().loaded is False
+
+
+async def test_pages_run_concurrently_through_the_client(
+    make_engine: Callable[..., tuple[VllmPageEngine, FakeVllmClient]],
+) -> None:
+    engine, client = make_engine([ok()])
+    await engine.start()
+    results = await asyncio.gather(
+        *(engine.recognize(page(900 + i, 1200)) for i in range(8))
+    )
+    assert all(r.status is PageStatus.OK for r in results)
+    assert len(client.requests) == 8
+
+
+def test_real_engine_module_imports_only_with_vllm() -> None:
+    """Without vLLM (CI) the import raises ImportError, which build_engine reports."""
+    if importlib.util.find_spec("vllm") is None:
+        with pytest.raises(ImportError):
+            importlib.import_module("consumers.engines.vllm")
+    else:
+        module = importlib.import_module("consumers.engines.vllm")
+        assert issubclass(module.VllmEngine, VllmPageEngine)
