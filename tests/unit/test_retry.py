@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import pytest
 
@@ -23,7 +24,7 @@ FAST = RetryPolicy(attempts=4, base_s=0.001, max_s=0.004)
 class FlakyCall:
     """Raises the queued errors in turn, then returns ``value``."""
 
-    def __init__(self, failures: list[BaseException], value: str = "done") -> None:
+    def __init__(self, failures: Sequence[BaseException], value: str = "done") -> None:
         self.failures = list(failures)
         self.value = value
         self.calls = 0

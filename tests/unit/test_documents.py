@@ -1,0 +1,387 @@
+"""One record in, one outcome out: DocumentRecognizer over the scriptable engine."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import pytest
+from aiokafka.structs import ConsumerRecord
+from PIL import Image
+from prometheus_client import CollectorRegistry
+
+from consumers.budget import PageBudget
+from consumers.documents import DocumentRecognizer, Msg, Outcome, RecognizerOptions
+from consumers.engines import PageRequest, PageResult
+from consumers.errors import EngineDeadError
+from consumers.images import ImageLimits
+from consumers.metrics import WorkerMetrics
+from consumers.retry import RetriesExhaustedError, RetryPolicy
+from schemas import DeadLetter, DocumentStatus, OcrRequest, OcrResult
+from tests.support.engines import FakeEngine
+
+SUBMITTED = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
+FAST_RETRY = RetryPolicy(attempts=3, base_s=0.001, max_s=0.002)
+
+
+def png(width: int = 30, height: int = 20) -> bytes:
+    out = io.BytesIO()
+    Image.new("L", (width, height), 255).save(out, "PNG")
+    return out.getvalue()
+
+
+def truncated_png() -> bytes:
+    out = io.BytesIO()
+    Image.effect_noise((64, 64), 64).save(out, "PNG")
+    return out.getvalue()[:-300]
+
+
+def tiff(sizes: list[tuple[int, int]]) -> bytes:
+    frames = [Image.new("L", size, 255) for size in sizes]
+    out = io.BytesIO()
+    frames[0].save(out, "TIFF", save_all=True, append_images=frames[1:])
+    return out.getvalue()
+
+
+def request(**fields: object) -> OcrRequest:
+    values: dict[str, object] = {
+        "document_id": "doc-1",
+        "content_type": "image/png",
+        "submitted_at": SUBMITTED,
+        "image": png(),
+        "source_system": "emr-test",
+        "correlation_id": "acc-1",
+        "attributes": {"ward": "7"},
+    }
+    values.update(fields)
+    return OcrRequest(**values)  # type: ignore[arg-type]
+
+
+def record(
+    value: bytes | None,
+    key: bytes | None = b"doc-1",
+    offset: int = 42,
+    headers: tuple[tuple[str, bytes], ...] = (),
+) -> Msg:
+    return ConsumerRecord(
+        topic="ocr.requests",
+        partition=3,
+        offset=offset,
+        timestamp=0,
+        timestamp_type=0,
+        key=key,
+        value=value,
+        checksum=None,
+        serialized_key_size=len(key or b""),
+        serialized_value_size=len(value or b""),
+        headers=headers,
+    )
+
+
+class Harness:
+    """A recognizer over a fake engine, with the budget the worker would hold."""
+
+    def __init__(self, engine: FakeEngine, limits: ImageLimits) -> None:
+        self.engine = engine
+        self.registry = CollectorRegistry()
+        self.metrics = WorkerMetrics(self.registry, engine.name)
+        self.budget = PageBudget(limit=64)
+        self.recognizer = DocumentRecognizer(
+            engine,
+            self.budget,
+            self.metrics,
+            RecognizerOptions(
+                limits=limits,
+                uri_roots=(),
+                default_prompt="prompt",
+                default_max_tokens=256,
+                retry=FAST_RETRY,
+                worker_id="worker-a",
+            ),
+        )
+
+    async def recognize(self, msg: Msg) -> Outcome:
+        """As the worker does: one page reserved before, released after."""
+        self.budget.reserve(1)
+        start = self.budget.used
+        try:
+            outcome = await self.recognizer.recognize(msg)
+        finally:
+            assert self.budget.used == start
+            assert self.sample("ocr_inflight_pages") == 0
+            self.budget.release(1)
+        return outcome
+
+    def sample(self, name: str, **labels: str) -> float:
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+
+@pytest.fixture
+def make_harness() -> Callable[..., Harness]:
+    def make(engine: FakeEngine | None = None, **limits: int) -> Harness:
+        return Harness(engine or FakeEngine(), ImageLimits(**limits))
+
+    return make
+
+
+async def test_good_document_is_ok(make_harness: Callable[..., Harness]) -> None:
+    harness = make_harness()
+    req = request()
+    outcome = await harness.recognize(record(req.encode()))
+    result = outcome.result
+    assert outcome.dead_letter is None
+    assert result.status is DocumentStatus.OK
+    assert result.document_id == "doc-1"
+    assert result.text == "doc-1 p1 30x20"
+    assert [(p.page_number, p.status) for p in result.pages] == [(1, "OK")]
+    assert result.page_count == 1
+    assert result.error_code is None
+    assert (result.engine, result.model) == ("fake", "fake-1")
+    assert result.content_sha256 == hashlib.sha256(req.image or b"").hexdigest()
+    assert result.submitted_at == SUBMITTED
+    assert result.end_to_end_ms is not None and result.end_to_end_ms > 0
+    assert (result.source_system, result.correlation_id) == ("emr-test", "acc-1")
+    assert result.attributes == {"ward": "7"}
+    assert (result.source_topic, result.source_partition, result.source_offset) == (
+        "ocr.requests",
+        3,
+        42,
+    )
+    assert result.worker_id == "worker-a"
+    assert (
+        OcrResult.decode(result.encode()).encode() == result.encode()
+    )  # fits the wire
+    assert harness.sample("ocr_pages_total", status="OK") == 1
+
+
+async def test_multipage_tiff_keeps_page_order_and_joins_with_form_feed(
+    make_harness: Callable[..., Harness],
+) -> None:
+    sizes = [(30, 20), (31, 20), (32, 20)]
+    finished: list[int] = []
+
+    class BackwardsEngine(FakeEngine):
+        """Later pages finish first: order must come from page numbers."""
+
+        async def recognize(self, page: PageRequest) -> PageResult:
+            await asyncio.sleep((4 - page.page_number) * 0.01)
+            result = await super().recognize(page)
+            finished.append(page.page_number)
+            return result
+
+    engine = BackwardsEngine()
+    harness = make_harness(engine)
+    req = request(image=tiff(sizes), content_type="image/tiff")
+    result = (await harness.recognize(record(req.encode()))).result
+    assert result.status is DocumentStatus.OK
+    assert [p.page_number for p in result.pages] == [1, 2, 3]
+    assert result.text.split("\f") == [
+        f"doc-1 p{n} {w}x{h}" for n, (w, h) in enumerate(sizes, start=1)
+    ]
+    assert result.page_count == 3
+    assert finished == [3, 2, 1]
+
+
+async def test_multipage_document_reserves_its_extra_pages_while_running(
+    make_harness: Callable[..., Harness],
+) -> None:
+    seen: list[int] = []
+
+    class WatchingEngine(FakeEngine):
+        async def recognize(self, page: PageRequest) -> PageResult:
+            seen.append(harness.budget.used)
+            return await super().recognize(page)
+
+    harness = make_harness(WatchingEngine())
+    req = request(image=tiff([(10, 10)] * 4), content_type="image/tiff")
+    await harness.recognize(record(req.encode()))
+    assert seen == [4, 4, 4, 4]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(b"not avro at all", id="garbage"),
+        pytest.param(b"\xc3\x01" + b"\x00" * 8 + b"body", id="unknown_fingerprint"),
+        pytest.param(None, id="tombstone"),
+        pytest.param(b"", id="empty"),
+    ],
+)
+async def test_undecodable_record_is_dead_lettered_with_its_original_bytes(
+    make_harness: Callable[..., Harness], value: bytes | None
+) -> None:
+    harness = make_harness()
+    headers = (("trace", b"\x01\x02"), ("source", b"emr"))
+    outcome = await harness.recognize(record(value, key=b"doc-9", headers=headers))
+    result, letter = outcome.result, outcome.dead_letter
+    assert result.status is DocumentStatus.FAILED
+    assert result.error_code == "UNDECODABLE_RECORD"
+    assert result.document_id == "doc-9"  # from the key, so waiters get an answer
+    assert result.content_sha256 is None
+    assert letter is not None
+    assert letter.error_code == "UNDECODABLE_RECORD"
+    assert letter.error_class == "UndecodableRecordError"
+    assert (letter.key, letter.value) == (b"doc-9", value)
+    assert [(h.key, h.value) for h in letter.headers] == list(headers)
+    assert (letter.source_topic, letter.source_partition, letter.source_offset) == (
+        "ocr.requests",
+        3,
+        42,
+    )
+    assert letter.document_id == "doc-9"
+    assert letter.worker_id == "worker-a"
+    assert DeadLetter.decode(letter.encode()).encode() == letter.encode()
+    assert harness.engine.calls == []
+
+
+@pytest.mark.parametrize(
+    ("key", "document_id"),
+    [(None, "ocr.requests-3-42"), (b"\xff\xfe", "ocr.requests-3-42"), (b"k", "k")],
+)
+async def test_undecodable_record_without_a_readable_key_uses_its_position(
+    make_harness: Callable[..., Harness], key: bytes | None, document_id: str
+) -> None:
+    outcome = await make_harness().recognize(record(b"junk", key=key))
+    assert outcome.result.document_id == document_id
+    assert outcome.dead_letter is not None
+    assert outcome.dead_letter.document_id == document_id
+
+
+@pytest.mark.parametrize(
+    ("fields", "code"),
+    [
+        pytest.param({"content_type": "image/jpeg"}, "INVALID_REQUEST", id="mismatch"),
+        pytest.param({"content_type": "image/gif"}, "INVALID_REQUEST", id="gif_type"),
+        pytest.param({"document_id": "  "}, "INVALID_REQUEST", id="blank_id"),
+        pytest.param({"temperature": 3.0}, "INVALID_REQUEST", id="temperature"),
+        pytest.param({"max_tokens": -1}, "INVALID_REQUEST", id="max_tokens"),
+        pytest.param(
+            {"image_uri": "file:///x.png"}, "INVALID_REQUEST", id="image_and_uri"
+        ),
+        pytest.param({"image": b""}, "EMPTY_DOCUMENT", id="zero_bytes"),
+        pytest.param({"image": b"%PDF-1.4 ..."}, "UNSUPPORTED_FORMAT", id="pdf"),
+        pytest.param({"image": truncated_png()}, "UNREADABLE_IMAGE", id="truncated"),
+        pytest.param({"image": png(200, 200)}, "PIXEL_LIMIT", id="pixel_limit"),
+    ],
+)
+async def test_bad_requests_are_failed_results_and_dead_letters(
+    make_harness: Callable[..., Harness], fields: dict[str, object], code: str
+) -> None:
+    harness = make_harness(max_pixels=10_000)
+    req = request(**fields)
+    value = req.encode()
+    outcome = await harness.recognize(record(value))
+    assert outcome.result.status is DocumentStatus.FAILED
+    assert outcome.result.error_code == code
+    assert outcome.result.error_message
+    assert outcome.dead_letter is not None
+    assert outcome.dead_letter.error_code == code
+    assert outcome.dead_letter.value == value
+    assert harness.engine.calls == []
+
+
+async def test_content_type_mismatch_names_both_types(
+    make_harness: Callable[..., Harness],
+) -> None:
+    req = request(content_type="image/tiff")  # the bytes are a PNG
+    outcome = await make_harness().recognize(record(req.encode()))
+    assert outcome.result.error_code == "INVALID_REQUEST"
+    assert "image/tiff" in (outcome.result.error_message or "")
+    assert "image/png" in (outcome.result.error_message or "")
+
+
+async def test_a_bad_page_fails_alone(make_harness: Callable[..., Harness]) -> None:
+    engine = FakeEngine(bad_pages={("doc-1", 2)})
+    harness = make_harness(engine)
+    req = request(image=tiff([(10, 10), (11, 10), (12, 10)]), content_type="image/tiff")
+    value = req.encode()
+    outcome = await harness.recognize(record(value))
+    result = outcome.result
+    assert result.status is DocumentStatus.FAILED
+    assert result.error_code == "PAGE_FAILED"
+    assert [(p.page_number, p.status) for p in result.pages] == [
+        (1, "OK"),
+        (2, "FAILED"),
+        (3, "OK"),
+    ]
+    assert result.pages[1].error_code == "PAGE_FAILED"
+    assert result.pages[0].text == "doc-1 p1 10x10"
+    assert result.pages[2].text == "doc-1 p3 12x10"
+    assert result.text == "doc-1 p1 10x10\f\fdoc-1 p3 12x10"
+    assert "2" in (result.error_message or "")
+    letter = outcome.dead_letter
+    assert letter is not None
+    assert letter.error_code == "PAGE_FAILED"
+    assert letter.value == value
+    assert letter.document_id == "doc-1"
+    assert harness.sample("ocr_pages_total", status="FAILED") == 1
+    assert harness.sample("ocr_pages_total", status="OK") == 2
+
+
+async def test_transient_engine_failure_is_retried_then_ok(
+    make_harness: Callable[..., Harness],
+) -> None:
+    engine = FakeEngine(transient_failures=Counter({"doc-1": 2}))
+    harness = make_harness(engine)
+    outcome = await harness.recognize(record(request().encode()))
+    assert outcome.result.status is DocumentStatus.OK
+    assert outcome.dead_letter is None
+    assert engine.calls == [("doc-1", 1)] * 3
+    assert harness.sample("ocr_retries_total", reason="transient") == 2
+
+
+async def test_transient_failures_past_the_retry_budget_are_fatal(
+    make_harness: Callable[..., Harness],
+) -> None:
+    engine = FakeEngine(transient_failures=Counter({"doc-1": 10}))
+    harness = make_harness(engine)
+    with pytest.raises(RetriesExhaustedError):
+        await harness.recognize(record(request().encode()))
+    assert len(engine.calls) == FAST_RETRY.attempts
+
+
+async def test_dead_engine_propagates(make_harness: Callable[..., Harness]) -> None:
+    harness = make_harness(FakeEngine(dead_on={"doc-1"}))
+    with pytest.raises(EngineDeadError):
+        await harness.recognize(record(request().encode()))
+
+
+async def test_dead_engine_on_a_multipage_document_releases_the_budget(
+    make_harness: Callable[..., Harness],
+) -> None:
+    harness = make_harness(FakeEngine(dead_on={"doc-1"}))
+    req = request(image=tiff([(10, 10)] * 3), content_type="image/tiff")
+    with pytest.raises(EngineDeadError):
+        await harness.recognize(record(req.encode()))
+
+
+async def test_prompt_and_max_tokens_defaults_reach_the_engine(
+    make_harness: Callable[..., Harness],
+) -> None:
+    prompts: list[tuple[str, int, float]] = []
+
+    class RecordingEngine(FakeEngine):
+        async def recognize(self, page: PageRequest) -> PageResult:
+            prompts.append((page.prompt, page.max_tokens, page.temperature))
+            return await super().recognize(page)
+
+    harness = make_harness(RecordingEngine())
+    await harness.recognize(record(request(document_id="a", max_tokens=0).encode()))
+    await harness.recognize(
+        record(request(document_id="b", prompt="p2", max_tokens=9).encode())
+    )
+    assert prompts == [("prompt", 256, 0.0), ("p2", 9, 0.0)]
+
+
+async def test_same_scan_gives_the_same_content_hash(
+    make_harness: Callable[..., Harness],
+) -> None:
+    harness = make_harness()
+    first = await harness.recognize(record(request(document_id="a").encode()))
+    second = await harness.recognize(record(request(document_id="b").encode()))
+    assert first.result.content_sha256 == second.result.content_sha256
+    assert first.result.content_sha256 == hashlib.sha256(png()).hexdigest()
