@@ -42,21 +42,39 @@ class EmbeddedBroker:
     def start(self, timeout_s: float = 20.0) -> None:
         url = f"tcp://{self.host}:{self.port}"
         self._process = subprocess.Popen(
-            [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            [
+                broker_binary(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                err = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
-                raise ConfigurationError(f"embedded broker exited at start: {err[-500:]}")
-            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), 0.2):
+                err = (
+                    self._process.stderr.read().decode(errors="replace")
+                    if self._process.stderr
+                    else ""
+                )
+                raise ConfigurationError(
+                    f"embedded broker exited at start: {err[-500:]}"
+                )
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection((self.host, self.port), 0.2),
+            ):
                 log.info("embedded broker listening on %s", self.bootstrap_servers)
                 return
             time.sleep(0.05)
         self.stop()
-        raise ConfigurationError(f"embedded broker did not listen on {url} within {timeout_s}s")
+        raise ConfigurationError(
+            f"embedded broker did not listen on {url} within {timeout_s}s"
+        )
 
     def stop(self) -> None:
         if self._process is None:
@@ -110,6 +128,8 @@ async def ensure_topics(
         response = await admin.create_topics(missing)
         for topic, code, message in response.topic_errors:
             if code not in (0, TOPIC_EXISTS):
-                raise ConfigurationError(f"cannot create topic {topic}: {message} ({code})")
+                raise ConfigurationError(
+                    f"cannot create topic {topic}: {message} ({code})"
+                )
     finally:
         await admin.close()

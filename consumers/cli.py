@@ -13,6 +13,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
 from pydantic import ValidationError
 
 from consumers.broker import EmbeddedBroker, ensure_topics
@@ -35,15 +36,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     try:
-        return asyncio.run(args.run(args, settings))
+        status: int = asyncio.run(args.run(args, settings))
     except ConfigurationError as exc:
         print(f"medocr: {exc}", file=sys.stderr)
         return 2
     except FatalError as exc:
-        log.error("stopped on a fatal error: %s", exc)
+        log.error("stopped on a fatal error: %s", exc)  # noqa: TRY400 - cause logged where raised
         return 1
     except KeyboardInterrupt:
         return 130
+    return status
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,7 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     broker.set_defaults(run=_broker)
 
-    worker = sub.add_parser("worker", help="consume requests, OCR them, publish results")
+    worker = sub.add_parser(
+        "worker", help="consume requests, OCR them, publish results"
+    )
     worker.add_argument(
         "--burst", action="store_true", help="exit once the input topic is drained"
     )
@@ -98,7 +102,12 @@ async def _broker(args: argparse.Namespace, settings: Settings) -> int:
         kafka = settings.kafka
         await ensure_topics(
             {"bootstrap_servers": embedded.bootstrap_servers},
-            [kafka.input_topic, kafka.result_topic, kafka.dlq_topic, kafka.progress_topic],
+            [
+                kafka.input_topic,
+                kafka.result_topic,
+                kafka.dlq_topic,
+                kafka.progress_topic,
+            ],
             args.partitions or kafka.partitions,
         )
         print(f"broker ready on {embedded.bootstrap_servers}", flush=True)

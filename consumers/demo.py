@@ -29,10 +29,15 @@ def sample_scans() -> list[Path]:
 
 def demo_settings(settings: Settings, bootstrap: str) -> Settings:
     kafka = settings.kafka.model_copy(
-        update={"bootstrap_servers": bootstrap, "enable_idempotence": False,
-                "security_protocol": "PLAINTEXT"}
+        update={
+            "bootstrap_servers": bootstrap,
+            "enable_idempotence": False,
+            "security_protocol": "PLAINTEXT",
+        }
     )
-    sidecar = settings.sidecar.model_copy(update={"host": "127.0.0.1", "port": free_port()})
+    sidecar = settings.sidecar.model_copy(
+        update={"host": "127.0.0.1", "port": free_port()}
+    )
     return settings.model_copy(update={"kafka": kafka, "sidecar": sidecar})
 
 
@@ -44,15 +49,25 @@ async def run_demo(settings: Settings) -> int:
         kafka = settings.kafka
         await ensure_topics(
             kafka.client_kwargs(),
-            [kafka.input_topic, kafka.result_topic, kafka.dlq_topic, kafka.progress_topic],
+            [
+                kafka.input_topic,
+                kafka.result_topic,
+                kafka.dlq_topic,
+                kafka.progress_topic,
+            ],
             kafka.partitions,
         )
         scans = sample_scans()
         corrupt = Path(tmp) / "corrupt-scan.png"
-        corrupt.write_bytes(scans[-1].read_bytes()[:2000] if scans[-1].suffix == ".png"
-                            else b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
-        print(f"medocr demo: broker on {broker.bootstrap_servers}, engine {settings.engine}, "
-              f"sidecar http://127.0.0.1:{settings.sidecar.port}/health")
+        corrupt.write_bytes(
+            scans[-1].read_bytes()[:2000]
+            if scans[-1].suffix == ".png"
+            else b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+        )
+        print(
+            f"medocr demo: broker on {broker.bootstrap_servers}, engine {settings.engine}, "
+            f"sidecar http://127.0.0.1:{settings.sidecar.port}/health"
+        )
         stop = asyncio.Event()
         worker = asyncio.create_task(run_worker(settings, stop))
         results: list[OcrResult] = []
@@ -62,7 +77,9 @@ async def run_demo(settings: Settings) -> int:
                 [*scans, corrupt],
                 client_kwargs=kafka.client_kwargs(),
                 producer_options=producer_options(settings),
-                topics=Topics(kafka.input_topic, kafka.result_topic, kafka.progress_topic),
+                topics=Topics(
+                    kafka.input_topic, kafka.result_topic, kafka.progress_topic
+                ),
                 request_options=RequestOptions(source_system="medocr-demo"),
                 wait=True,
                 timeout_s=600,
@@ -81,13 +98,17 @@ def _summary(results: list[OcrResult], elapsed_s: float, status: int) -> int:
     failed = [r for r in results if r.status is DocumentStatus.FAILED]
     pages = sum(r.page_count for r in ok)
     print("\n== summary")
-    print(f"documents: {len(results)} ({len(ok)} OK, {len(failed)} FAILED), "
-          f"pages recognised: {pages}, wall time: {elapsed_s:.1f}s")
+    print(
+        f"documents: {len(results)} ({len(ok)} OK, {len(failed)} FAILED), "
+        f"pages recognised: {pages}, wall time: {elapsed_s:.1f}s"
+    )
     for result in failed:
         print(f"  FAILED {result.document_id}: {result.error_code} (dead-lettered)")
     expected_failures = {"corrupt-scan"}
     good = status == 1 and {r.document_id for r in failed} == expected_failures
-    print("demo OK: every sample recognised, the corrupt scan dead-lettered"
-          if good else "demo FAILED: see the results above")
+    print(
+        "demo OK: every sample recognised, the corrupt scan dead-lettered"
+        if good
+        else "demo FAILED: see the results above"
+    )
     return 0 if good else 1
-

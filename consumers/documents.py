@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeAlias
 
 from aiokafka.structs import ConsumerRecord
 from PIL import Image
@@ -47,7 +48,8 @@ from schemas.records import FORM_FEED, RecordHeader, utc_now
 
 log = logging.getLogger(__name__)
 
-Msg = ConsumerRecord[bytes, bytes]
+# aiokafka ships no type information: a consumed record is typed by hand here.
+Msg: TypeAlias = ConsumerRecord
 PageCallback = Callable[[OcrRequest, PageText, int], Awaitable[None]]
 
 
@@ -310,7 +312,7 @@ def fallback_document_id(msg: Msg) -> str:
     """The record key when it is readable text, else the record's position."""
     if msg.key:
         try:
-            return msg.key.decode("utf-8")
+            return str(msg.key.decode("utf-8"))
         except UnicodeDecodeError:
             pass
     return f"{msg.topic}-{msg.partition}-{msg.offset}"

@@ -39,8 +39,6 @@ _PIL_FORMATS = {
     "MPO": "image/jpeg",
 }
 
-# Our own pixel check runs before decoding; Pillow's warning-only default is replaced by it.
-Image.MAX_IMAGE_PIXELS = None
 
 
 @dataclass(frozen=True)
@@ -94,11 +92,16 @@ def load_pages(raw: bytes, limits: ImageLimits) -> list[Image.Image]:
         raise UnsupportedFormatError("not a PNG, JPEG or TIFF image (magic bytes)")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Our own pixel limit decides (below); Pillow's warnings about corrupt
+            # metadata must not turn into crashes where warnings are errors.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", UserWarning)
             image = Image.open(io.BytesIO(raw))
             return _decode_frames(image, limits)
     except (PixelLimitError, TooManyPagesError):
         raise
+    except Image.DecompressionBombError as exc:
+        raise PixelLimitError(f"image is a decompression bomb: {exc}") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
         raise UnreadableImageError(f"image cannot be decoded: {exc}") from exc
 
@@ -143,8 +146,8 @@ def _to_8bit(page: Image.Image) -> Image.Image:
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # 16-bit gray: scale the real range to 0..255 rather than clip at 255.
         wide = page.convert("I")
-        low, high = wide.getextrema()  # type: ignore[misc]
-        span = max(int(high) - int(low), 1)
+        low, high = (float(v) for v in wide.getextrema() if isinstance(v, int | float))
+        span = max(high - low, 1.0)
         return wide.point(lambda v: (v - low) * 255 / span).convert("L")
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in page.info):
         rgba = page.convert("RGBA")

@@ -15,6 +15,7 @@ from aiokafka import TopicPartition
 @dataclass
 class _Partition:
     inflight: deque[int] = field(default_factory=deque)  # admitted offsets, ascending
+    last_admitted: int | None = None
     done: set[int] = field(default_factory=set)
     next_offset: int | None = None  # first offset not yet safe to commit
     committed: int | None = None
@@ -26,10 +27,11 @@ class OffsetTracker:
 
     def admit(self, tp: TopicPartition, offset: int) -> None:
         part = self._partitions.setdefault(tp, _Partition())
-        if part.inflight and offset <= part.inflight[-1]:
+        if part.last_admitted is not None and offset <= part.last_admitted:
             raise ValueError(
                 f"{tp.topic}[{tp.partition}]@{offset} admitted out of order"
             )
+        part.last_admitted = offset
         part.inflight.append(offset)
 
     def finish(self, tp: TopicPartition, offset: int) -> None:

@@ -47,7 +47,9 @@ def producer_options(settings: Settings) -> ProducerOptions:
 
 
 async def start_producer(settings: Settings) -> AIOKafkaProducer:
-    producer = build_producer(settings.kafka.client_kwargs(), producer_options(settings))
+    producer = build_producer(
+        settings.kafka.client_kwargs(), producer_options(settings)
+    )
     try:
         await producer.start()
     except KafkaError as exc:
@@ -58,7 +60,9 @@ async def start_producer(settings: Settings) -> AIOKafkaProducer:
             if settings.kafka.enable_idempotence
             else ""
         )
-        raise ConfigurationError(f"cannot start the Kafka producer: {exc!r}{hint}") from exc
+        raise ConfigurationError(
+            f"cannot start the Kafka producer: {exc!r}{hint}"
+        ) from exc
     return producer
 
 
@@ -69,7 +73,9 @@ def build_consumer(settings: Settings) -> AIOKafkaConsumer:
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=fetch_bytes_for(settings.limits.max_document_bytes),
-        fetch_max_bytes=max(52_428_800, fetch_bytes_for(settings.limits.max_document_bytes)),
+        fetch_max_bytes=max(
+            52_428_800, fetch_bytes_for(settings.limits.max_document_bytes)
+        ),
         # a whole batch of slow pages may sit between two fetches
         max_poll_interval_ms=600_000,
     )

@@ -21,8 +21,10 @@ def _env(name: str) -> AliasChoices:
 
 
 class _Group(BaseSettings):
+    # case_sensitive: only the documented upper-case names are read, never a bare
+    # field name such as ENGINE or WORKERS that happens to be in the environment.
     model_config = SettingsConfigDict(
-        frozen=True, extra="ignore", populate_by_name=True
+        frozen=True, extra="ignore", populate_by_name=True, case_sensitive=True
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+from collections.abc import Iterator
 
 import uvicorn
 from fastapi import FastAPI, Header, HTTPException, Response
@@ -70,8 +71,9 @@ def _bearer_matches(authorization: str | None, api_key: str) -> bool:
 class _QuietServer(uvicorn.Server):
     """The worker owns SIGTERM/SIGINT; uvicorn must not take them over."""
 
-    def capture_signals(self) -> contextlib.AbstractContextManager[None]:
-        return contextlib.nullcontext()
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 class SidecarServer:

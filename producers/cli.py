@@ -11,7 +11,7 @@ from typing import TextIO
 from aiokafka import AIOKafkaConsumer
 
 from producers.kafka import ProducerOptions, build_producer, fetch_bytes_for
-from producers.publisher import RequestOptions, ScanPublisher, find_scans, build_request
+from producers.publisher import RequestOptions, ScanPublisher, build_request, find_scans
 from producers.waiter import ResultWaiter
 from schemas import DocumentStatus, OcrResult, PageProgress
 
@@ -71,9 +71,13 @@ async def publish_command(
         consumer = AIOKafkaConsumer(
             **client_kwargs,
             enable_auto_commit=False,
-            max_partition_fetch_bytes=fetch_bytes_for(producer_options.max_document_bytes),
+            max_partition_fetch_bytes=fetch_bytes_for(
+                producer_options.max_document_bytes
+            ),
         )
-        waiter = ResultWaiter(consumer, topics.results, topics.progress if show_progress else None)
+        waiter = ResultWaiter(
+            consumer, topics.results, topics.progress if show_progress else None
+        )
         await waiter.start()
     producer = build_producer(client_kwargs, producer_options)
     await producer.start()
@@ -128,11 +132,15 @@ async def _wait(
             flush=True,
         )
 
-    missing = await waiter.wait(ids, timeout_s, on_result, on_progress if show_progress else None)
+    missing = await waiter.wait(
+        ids, timeout_s, on_result, on_progress if show_progress else None
+    )
     bar.close()
     if missing:
-        print(f"timed out waiting for {len(missing)} results: {sorted(missing)[:10]}",
-              file=sys.stderr)
+        print(
+            f"timed out waiting for {len(missing)} results: {sorted(missing)[:10]}",
+            file=sys.stderr,
+        )
         return 2
     return 1 if failed else 0
 
@@ -144,4 +152,8 @@ def format_result(result: OcrResult) -> str:
     )
     if result.status is DocumentStatus.FAILED:
         head += f" {result.error_code}: {result.error_message}"
-    return head + ("\n" + result.text.replace("\f", "\n--- page break ---\n") if result.text else "")
+    return head + (
+        "\n" + result.text.replace("\f", "\n--- page break ---\n")
+        if result.text
+        else ""
+    )

@@ -13,10 +13,19 @@ from aiokafka.structs import RecordMetadata
 from schemas import OcrRequest
 from schemas.records import utc_now
 
-SCAN_SUFFIXES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
-                 ".tif": "image/tiff", ".tiff": "image/tiff"}
-_MAGIC = ((b"\x89PNG", "image/png"), (b"\xff\xd8\xff", "image/jpeg"),
-          (b"II*\x00", "image/tiff"), (b"MM\x00*", "image/tiff"))
+SCAN_SUFFIXES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".tif": "image/tiff",
+    ".tiff": "image/tiff",
+}
+_MAGIC = (
+    (b"\x89PNG", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"II*\x00", "image/tiff"),
+    (b"MM\x00*", "image/tiff"),
+)
 
 
 @dataclass(frozen=True)
@@ -36,7 +45,8 @@ def find_scans(paths: Sequence[Path]) -> list[Path]:
     for path in paths:
         if path.is_dir():
             found.extend(
-                p for p in sorted(path.rglob("*"))
+                p
+                for p in sorted(path.rglob("*"))
                 if p.is_file() and p.suffix.lower() in SCAN_SUFFIXES
             )
         elif path.is_file():
@@ -71,7 +81,9 @@ def build_request(path: Path, options: RequestOptions) -> OcrRequest:
     )
 
 
-def iter_requests(paths: Sequence[Path], options: RequestOptions) -> Iterator[OcrRequest]:
+def iter_requests(
+    paths: Sequence[Path], options: RequestOptions
+) -> Iterator[OcrRequest]:
     for path in find_scans(paths):
         yield build_request(path, options)
 
@@ -83,6 +95,7 @@ class ScanPublisher:
 
     async def publish(self, request: OcrRequest) -> asyncio.Future[RecordMetadata]:
         """Queue one request; the returned future resolves when the broker has it."""
-        return await self._producer.send(
+        future: asyncio.Future[RecordMetadata] = await self._producer.send(
             self._topic, request.encode(), key=request.document_id.encode()
         )
+        return future

@@ -27,23 +27,26 @@ class ResultPublisher:
         self._progress_topic = progress_topic
 
     async def send_result(self, result: OcrResult) -> asyncio.Future[RecordMetadata]:
-        return await self._producer.send(
+        future: asyncio.Future[RecordMetadata] = await self._producer.send(
             self._result_topic, result.encode(), key=result.document_id.encode()
         )
+        return future
 
     async def send_dead_letter(
         self, letter: DeadLetter
     ) -> asyncio.Future[RecordMetadata]:
-        return await self._producer.send(
+        future: asyncio.Future[RecordMetadata] = await self._producer.send(
             self._dlq_topic, letter.encode(), key=letter.key
         )
+        return future
 
     async def send_progress(
         self, progress: PageProgress
     ) -> asyncio.Future[RecordMetadata]:
-        return await self._producer.send(
+        future: asyncio.Future[RecordMetadata] = await self._producer.send(
             self._progress_topic, progress.encode(), key=progress.document_id.encode()
         )
+        return future
 
     async def flush(self) -> None:
         await self._producer.flush()

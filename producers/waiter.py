@@ -31,12 +31,14 @@ class ResultWaiter:
     async def start(self) -> None:
         """Assign every partition and move to its end; call before publishing."""
         await self._consumer.start()
-        topics = [self._result_topic] + ([self._progress_topic] if self._progress_topic else [])
-        tps = []
+        topics = [self._result_topic] + (
+            [self._progress_topic] if self._progress_topic else []
+        )
+        tps: list[TopicPartition] = []
         for topic in topics:
             partitions = self._consumer.partitions_for_topic(topic)
             if partitions is None:
-                await self._consumer._client.force_metadata_update()  # noqa: SLF001
+                await self._consumer._client.force_metadata_update()
                 partitions = self._consumer.partitions_for_topic(topic) or set()
             tps.extend(TopicPartition(topic, p) for p in sorted(partitions))
         if not tps:
@@ -78,5 +80,3 @@ class ResultWaiter:
 
     async def stop(self) -> None:
         await self._consumer.stop()
-
-

@@ -63,10 +63,9 @@ class AvroCodec:
             raise CodecError(
                 f"unknown schema fingerprint {raw[2:HEADER_BYTES].hex()} for {self.name}"
             )
+        body = io.BytesIO(raw[HEADER_BYTES:])
         try:
-            record = fastavro.schemaless_reader(
-                io.BytesIO(raw[HEADER_BYTES:]), writer, self._schema
-            )
+            record = fastavro.schemaless_reader(body, writer, self._schema)
         except (
             ValueError,
             TypeError,
@@ -78,6 +77,8 @@ class AvroCodec:
             raise CodecError(f"corrupt {self.name} body: {exc}") from exc
         if not isinstance(record, dict):
             raise CodecError(f"{self.name} body is not a record")
+        if body.tell() != len(raw) - HEADER_BYTES:
+            raise CodecError(f"{self.name} body has trailing bytes: wrong schema or corrupt")
         return record
 
 

@@ -79,7 +79,9 @@ async def settings(bootstrap_servers: str, idempotence: bool) -> Settings:
     )
     sidecar = base.sidecar.model_copy(update={"host": "127.0.0.1", "port": 0})
     batch = base.batch.model_copy(update={"max_wait_ms": 100, "drain_timeout_s": 20})
-    settings = base.model_copy(update={"kafka": kafka, "sidecar": sidecar, "batch": batch})
+    settings = base.model_copy(
+        update={"kafka": kafka, "sidecar": sidecar, "batch": batch}
+    )
     await ensure_topics(
         kafka.client_kwargs(),
         [kafka.input_topic, kafka.result_topic, kafka.dlq_topic, kafka.progress_topic],

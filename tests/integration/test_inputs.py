@@ -25,10 +25,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.tesseract]
 GOOD_SCAN = SAMPLES_DIR / "pub-0029.png"  # clean prescription, 69 KB
 
 
-def request(doc_id: str, raw: bytes | None, content_type: str = "image/png",
-            **fields: object) -> OcrRequest:
-    return OcrRequest(document_id=doc_id, content_type=content_type,
-                      submitted_at=utc_now(), image=raw, **fields)  # type: ignore[arg-type]
+def request(
+    doc_id: str, raw: bytes | None, content_type: str = "image/png", **fields: object
+) -> OcrRequest:
+    return OcrRequest(
+        document_id=doc_id,
+        content_type=content_type,
+        submitted_at=utc_now(),
+        image=raw,
+        **fields,
+    )  # type: ignore[arg-type]
 
 
 def encoded(image: Image.Image, fmt: str, **save: object) -> bytes:
@@ -39,13 +45,22 @@ def encoded(image: Image.Image, fmt: str, **save: object) -> bytes:
 
 def png_bomb(width: int, height: int) -> bytes:
     """A valid PNG header that claims a huge size, with next to no data."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(
-            ">I", zlib.crc32(kind + body)
+        return (
+            struct.pack(">I", len(body))
+            + kind
+            + body
+            + struct.pack(">I", zlib.crc32(kind + body))
         )
+
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 100))
+        + chunk(b"IEND", b"")
+    )
 
 
 def variants_of(scan: Path) -> dict[str, OcrRequest]:
@@ -56,8 +71,9 @@ def variants_of(scan: Path) -> dict[str, OcrRequest]:
     exif[0x0112] = 6  # orientation: rotate 90° clockwise to view
     gray16 = Image.fromarray(np.asarray(page.convert("L"), dtype=np.uint16) * 257)
     return {
-        "cmyk-jpeg": request("cmyk-jpeg", encoded(page.convert("CMYK"), "JPEG"),
-                             "image/jpeg"),
+        "cmyk-jpeg": request(
+            "cmyk-jpeg", encoded(page.convert("CMYK"), "JPEG"), "image/jpeg"
+        ),
         "gray16-png": request("gray16-png", encoded(gray16, "PNG")),
         "palette-png": request("palette-png", encoded(page.convert("P"), "PNG")),
         "exif-rotated-jpeg": request(
@@ -75,19 +91,31 @@ def bad_inputs(scan: bytes, limits_pages: int) -> dict[str, tuple[OcrRequest, st
     jpeg = encoded(Image.open(io.BytesIO(scan)).convert("RGB"), "JPEG")
     return {
         "zero-bytes": (request("zero-bytes", b""), "EMPTY_DOCUMENT"),
-        "not-an-image": (request("not-an-image", b"%PDF-1.7 not a scan"),
-                         "UNSUPPORTED_FORMAT"),
-        "truncated-png": (request("truncated-png", scan[: len(scan) // 3]),
-                          "UNREADABLE_IMAGE"),
-        "truncated-jpeg": (request("truncated-jpeg", jpeg[: len(jpeg) // 3],
-                                   "image/jpeg"), "UNREADABLE_IMAGE"),
-        "oversized": (request("oversized", os.urandom(64) + scan * 40),
-                      "DOCUMENT_TOO_LARGE"),
+        "not-an-image": (
+            request("not-an-image", b"%PDF-1.7 not a scan"),
+            "UNSUPPORTED_FORMAT",
+        ),
+        "truncated-png": (
+            request("truncated-png", scan[: len(scan) // 3]),
+            "UNREADABLE_IMAGE",
+        ),
+        "truncated-jpeg": (
+            request("truncated-jpeg", jpeg[: len(jpeg) // 3], "image/jpeg"),
+            "UNREADABLE_IMAGE",
+        ),
+        "oversized": (
+            request("oversized", os.urandom(64) + scan * 40),
+            "DOCUMENT_TOO_LARGE",
+        ),
         "pixel-bomb": (request("pixel-bomb", png_bomb(60_000, 60_000)), "PIXEL_LIMIT"),
-        "too-many-pages": (request("too-many-pages", many.getvalue(), "image/tiff"),
-                           "TOO_MANY_PAGES"),
-        "wrong-content-type": (request("wrong-content-type", jpeg, "image/png"),
-                               "INVALID_REQUEST"),
+        "too-many-pages": (
+            request("too-many-pages", many.getvalue(), "image/tiff"),
+            "TOO_MANY_PAGES",
+        ),
+        "wrong-content-type": (
+            request("wrong-content-type", jpeg, "image/png"),
+            "INVALID_REQUEST",
+        ),
         "no-image": (request("no-image", None), "INVALID_REQUEST"),
         "uri-outside-roots": (
             request("uri-outside-roots", None, image_uri="file:///etc/passwd"),
@@ -105,16 +133,22 @@ async def test_bad_inputs_fail_clearly_while_good_ones_succeed(
     )
     settings = settings.model_copy(update={"limits": limits})
     bad = bad_inputs(scan, limits.max_pages)
-    good = {"good-first": request("good-first", scan), **variants_of(GOOD_SCAN),
-            "good-last": request("good-last", scan)}
+    good = {
+        "good-first": request("good-first", scan),
+        **variants_of(GOOD_SCAN),
+        "good-last": request("good-last", scan),
+    }
     ordered = [good["good-first"], *(r for r, _ in bad.values()), *good.values()]
     await publish_requests(settings, ordered[:-1])
-    await publish_raw(settings, [(b"garbage", b"\x00\x01 not avro"), (b"tombstone", None)])
+    await publish_raw(
+        settings, [(b"garbage", b"\x00\x01 not avro"), (b"tombstone", None)]
+    )
     await publish_requests(settings, ordered[-1:])
     await asyncio.wait_for(run_worker(settings, asyncio.Event(), burst=True), 300)
 
-    outputs = await read_outputs(settings, results=len(bad) + len(good) + 2,
-                                 dead_letters=len(bad) + 2)
+    outputs = await read_outputs(
+        settings, results=len(bad) + len(good) + 2, dead_letters=len(bad) + 2
+    )
     results = outputs.by_id()
     for doc_id, (_, code) in bad.items():
         assert results[doc_id].status.value == "FAILED", doc_id
@@ -149,7 +183,9 @@ async def test_dataset_documents_get_real_text(settings: Settings) -> None:
         assert result.status.value == "OK", (case.doc_id, result.error_message)
         assert result.page_count == case.pages
         pages = result.text.split("\f")
-        scores.extend(score_page(h, r) for h, r in zip(pages, case.ground_truth))
+        scores.extend(
+            score_page(h, r) for h, r in zip(pages, case.ground_truth, strict=True)
+        )
     overall = micro_cer(scores)
     print(f"{len(cases)} documents, {len(scores)} pages, CER {overall:.3f}")
     assert overall < 0.30

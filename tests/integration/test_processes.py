@@ -20,7 +20,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.tesseract]
 
 async def publish_copies(settings: Settings, copies: int) -> list[str]:
     """``copies`` rounds of the bundled samples under distinct document ids."""
-    scans = sorted(p for p in SAMPLES_DIR.iterdir() if p.suffix in (".png", ".jpg", ".tif"))
+    scans = sorted(
+        p for p in SAMPLES_DIR.iterdir() if p.suffix in (".png", ".jpg", ".tif")
+    )
     requests = [
         build_request(scan, RequestOptions(id_prefix=f"c{n}-"))
         for n in range(copies)

@@ -18,9 +18,13 @@ pytestmark = pytest.mark.integration
 
 async def test_samples_flow_through_with_fake_engine(settings: Settings) -> None:
     scans = sorted(p for p in SAMPLES.iterdir() if p.suffix in (".png", ".jpg", ".tif"))
-    await publish_requests(settings, [build_request(p, RequestOptions()) for p in scans])
+    await publish_requests(
+        settings, [build_request(p, RequestOptions()) for p in scans]
+    )
     engine = FakeEngine()
-    await asyncio.wait_for(run_worker(settings, asyncio.Event(), burst=True, engine=engine), 60)
+    await asyncio.wait_for(
+        run_worker(settings, asyncio.Event(), burst=True, engine=engine), 60
+    )
     outputs = await read_outputs(settings, len(scans))
     assert {r.document_id for r in outputs.results} == {p.stem for p in scans}
     assert all(r.status.value == "OK" for r in outputs.results)

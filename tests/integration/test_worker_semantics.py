@@ -68,7 +68,11 @@ async def test_commit_never_passes_an_unfinished_record(settings: Settings) -> N
     engine = FakeEngine(gates={"slow": asyncio.Event()})
     async with running_worker(settings, engine):
         outputs = await read_outputs(settings, results=3)
-        assert {r.document_id for r in outputs.results} == {"fast-0", "fast-1", "fast-2"}
+        assert {r.document_id for r in outputs.results} == {
+            "fast-0",
+            "fast-1",
+            "fast-2",
+        }
         await asyncio.sleep(0.5)  # a few loop turns: commits would have happened by now
         assert await committed(settings, tp) in (None, 0)
         engine.gates["slow"].set()

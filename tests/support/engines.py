@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from consumers.engines import EngineHealth, PageRequest, PageResult
-from consumers.errors import EngineDeadError, EngineBusyError, PageFailedError
+from consumers.errors import EngineBusyError, EngineDeadError, PageFailedError
 
 
 @dataclass
@@ -23,7 +23,9 @@ class FakeEngine:
     transient_failures: Counter[str] = field(default_factory=Counter)  # doc id -> count
     bad_pages: set[tuple[str, int]] = field(default_factory=set)
     dead_on: set[str] = field(default_factory=set)
-    gates: dict[str, asyncio.Event] = field(default_factory=dict)  # doc waits for its gate
+    gates: dict[str, asyncio.Event] = field(
+        default_factory=dict
+    )  # doc waits for its gate
     capacity_pages: int = 8
     loaded: bool = False
     calls: list[tuple[str, int]] = field(default_factory=list)

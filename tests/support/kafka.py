@@ -42,9 +42,13 @@ async def publish_requests(settings: Settings, requests: Iterable[OcrRequest]) -
     )
 
 
-async def read_topic(settings: Settings, topic: str, count: int, timeout_s: float = 60) -> list[bytes]:
+async def read_topic(
+    settings: Settings, topic: str, count: int, timeout_s: float = 60
+) -> list[bytes]:
     """Every value on ``topic`` from the beginning, until ``count`` arrived or time is up."""
-    consumer = AIOKafkaConsumer(**settings.kafka.client_kwargs(), enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        **settings.kafka.client_kwargs(), enable_auto_commit=False
+    )
     await consumer.start()
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
@@ -70,10 +74,22 @@ class Outputs:
         return {r.document_id: r for r in self.results}
 
 
-async def read_outputs(settings: Settings, results: int, dead_letters: int = 0,
-                       timeout_s: float = 60) -> Outputs:
+async def read_outputs(
+    settings: Settings, results: int, dead_letters: int = 0, timeout_s: float = 60
+) -> Outputs:
     kafka = settings.kafka
     return Outputs(
-        [OcrResult.decode(v) for v in await read_topic(settings, kafka.result_topic, results, timeout_s)],
-        [DeadLetter.decode(v) for v in await read_topic(settings, kafka.dlq_topic, dead_letters, 5 if not dead_letters else timeout_s)],
+        [
+            OcrResult.decode(v)
+            for v in await read_topic(settings, kafka.result_topic, results, timeout_s)
+        ],
+        [
+            DeadLetter.decode(v)
+            for v in await read_topic(
+                settings,
+                kafka.dlq_topic,
+                dead_letters,
+                5 if not dead_letters else timeout_s,
+            )
+        ],
     )

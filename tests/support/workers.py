@@ -64,7 +64,9 @@ class WorkerProcess:
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
-        raise AssertionError(f"worker {self.name} not ready in {timeout_s}s: {self.log()}")
+        raise AssertionError(
+            f"worker {self.name} not ready in {timeout_s}s: {self.log()}"
+        )
 
     def signal(self, sig: signal.Signals) -> None:
         self.process.send_signal(sig)
