@@ -123,7 +123,9 @@ class TesseractSettings(_Group):
     page_timeout_s: float = Field(
         120.0, gt=0, validation_alias=_env("TESSERACT_PAGE_TIMEOUT_S")
     )
-    psm: int = Field(3, ge=0, le=13, validation_alias=_env("TESSERACT_PSM"))
+    # 4 (a single column of lines) reads table rows left to right as the ground truth
+    # does; on docs-public it beats tesseract's default 3 in CER and in speed.
+    psm: int = Field(4, ge=0, le=13, validation_alias=_env("TESSERACT_PSM"))
     preprocess: bool = Field(True, validation_alias=_env("TESSERACT_PREPROCESS"))
 
     def worker_count(self) -> int:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import socket
 from collections.abc import Iterator
 
 import uvicorn
 from fastapi import FastAPI, Header, HTTPException, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from consumers.errors import ConfigurationError
 from consumers.metrics import WorkerMetrics
 from consumers.worker import WorkerState
 
@@ -84,14 +86,27 @@ class SidecarServer:
             app, host=host, port=port, log_level="warning", lifespan="off"
         )
         self._server = _QuietServer(config)
+        self._host = host
+        self._port = port
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._server.serve())
+        # Bind here: uvicorn would answer a bind error with sys.exit inside its task.
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self._host, self._port))
+        except OSError as exc:
+            sock.close()
+            raise ConfigurationError(
+                f"the sidecar cannot listen on {self._host}:{self._port}: {exc.strerror}"
+            ) from exc
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
         while not self._server.started:
             if self._task.done():
-                self._task.result()  # raises the bind error
-                raise RuntimeError("sidecar stopped during start-up")
+                self._task.result()
+                raise ConfigurationError("the sidecar stopped during start-up")
             await asyncio.sleep(0.01)
 
     @property

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from consumers.budget import PageBudget
 from consumers.documents import DocumentRecognizer, Msg, Outcome, where
@@ -210,15 +210,14 @@ class OcrWorker:
             raise WorkerFailedError(str(self._failure)) from self._failure
 
     async def _commit_ready(self, only: Iterable[TopicPartition] | None = None) -> None:
-        offsets = self._offsets.ready()
-        if only is not None:
-            keep = set(only)
-            offsets = {tp: off for tp, off in offsets.items() if tp in keep}
+        # Only partitions still assigned: a rebalance may have moved the others away.
+        keep = set(only) if only is not None else self._consumer.assignment()
+        offsets = {tp: off for tp, off in self._offsets.ready().items() if tp in keep}
         if not offsets or self._failure is not None:
             return
         try:
             await self._consumer.commit(offsets)
-        except CommitFailedError as exc:
+        except (CommitFailedError, IllegalStateError) as exc:
             # The group moved on (rebalance): the new owner replays from the last commit.
             log.warning("commit rejected after a rebalance: %s", exc)
             return

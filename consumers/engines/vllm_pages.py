@@ -28,6 +28,7 @@ from consumers.engines.vllm_requests import (
     CapacityFigure,
     SamplingPlan,
     cap_max_tokens,
+    fit_pixels,
     page_capacity,
     plan_sampling,
     prepare_image,
@@ -37,6 +38,8 @@ from consumers.errors import EngineDeadError
 from consumers.settings import VllmSettings
 
 log = logging.getLogger(__name__)
+
+WARM_UP_TOKENS = 4
 
 
 @dataclass(frozen=True)
@@ -151,12 +154,27 @@ class VllmPageEngine:
     async def start(self) -> None:
         client = await self._connect(self._metrics)
         self._client = client
-        _, text_tokens = self._chat_prompt(client, "")
+        chat_text, text_tokens = self._chat_prompt(client, "")
+        await self._warm_up(client, chat_text)
         self._capacity = page_capacity(
             self._settings, client.kv_cache_tokens(), text_tokens
         )
         self._metrics.page_capacity.set(self._capacity.pages)
         log.info("vllm engine ready: %s", self._capacity)
+
+    async def _warm_up(self, client: VllmClient, chat_text: str) -> None:
+        """One blank page through the engine before it counts as loaded.
+
+        The first request JIT-compiles kernels (rotary embedding, vision encoder): that
+        belongs to the start, not to the first real page.
+        """
+        settings = self._settings
+        size = fit_pixels(840, 1176, settings.min_pixels, settings.max_pixels)
+        blank = Image.new("RGB", size, (255, 255, 255))
+        plan = SamplingPlan(temperature=0.0, top_p=1.0, max_tokens=WARM_UP_TOKENS)
+        started = time.perf_counter()
+        await client.generate(GenerationRequest(chat_text, blank, plan))
+        log.info("vllm engine warm-up page took %.1fs", time.perf_counter() - started)
 
     async def close(self) -> None:
         client, self._client = self._client, None
@@ -216,7 +234,7 @@ class VllmPageEngine:
                 best = (status, generation)
             if status is PageStatus.OK:
                 break
-            log.info(
+            log.debug(
                 "page %d of %s: %s on attempt %d",
                 page.page_number,
                 page.document_id,

@@ -117,7 +117,7 @@ class CapacityFigure:
     tokens_per_page: int  # prompt (visual at max_pixels + text) + output budget
     kv_pages: int  # pages whose whole sequences fit in the KV cache at once
     running: int  # min(max_num_seqs, kv_pages): what the scheduler runs at once
-    reserve: int  # pages one scheduler step can prefill, queued behind the running ones
+    reserve: int  # pages queued behind the running ones (a second wave)
     pages: int  # running + reserve: the worker's in-flight limit
 
 
@@ -130,12 +130,16 @@ def page_capacity(
     profiling (GPU memory x utilisation - weights - activations). A page's sequence is
     at most ``visual(max_pixels) + text prompt + max_tokens`` long (max_tokens =
     ENGINE_DEFAULT_MAX_TOKENS capped by MAX_MODEL_LEN), so ``kv_pages`` pages can never
-    be preempted for lack of cache. The scheduler runs at most ``MAX_NUM_SEQS`` at
-    once. A finished page frees its slot at once, but the worker needs time to fetch,
-    decode and prepare the next; a queue of one prefill step's worth of pages
-    (``MAX_NUM_BATCHED_TOKENS / prompt tokens``) keeps every step full without
-    holding records that only wait. Waiting requests hold no KV blocks, so the reserve
-    costs host memory for a few decoded pages, nothing on the GPU.
+    be preempted for lack of cache; the scheduler runs at most ``MAX_NUM_SEQS`` of
+    them: ``running = min(MAX_NUM_SEQS, kv_pages)``.
+
+    A finished page frees its slot at once, but the worker needs time to fetch, decode
+    and prepare the next one. Pages of similar length finish in waves (a batch of
+    forms, or every page of a benchmark at a fixed length), so the engine's waiting
+    queue holds a whole second wave, already preprocessed: ``reserve = running``
+    (at least one prefill step, ``MAX_NUM_BATCHED_TOKENS / prompt tokens``). Waiting
+    requests hold no KV blocks, so the reserve costs host memory for the queued
+    pages' pixels, nothing on the GPU. ``C = running + reserve``.
     """
     prompt_tokens = max_visual_tokens(settings.max_pixels) + max(0, text_prompt_tokens)
     output_tokens = max(
@@ -144,9 +148,8 @@ def page_capacity(
     tokens_per_page = prompt_tokens + output_tokens
     kv_pages = max(0, kv_cache_tokens) // tokens_per_page
     running = max(1, min(settings.max_num_seqs, kv_pages))
-    reserve = min(
-        running, max(1, math.ceil(settings.max_num_batched_tokens / prompt_tokens))
-    )
+    prefill_step = math.ceil(settings.max_num_batched_tokens / prompt_tokens)
+    reserve = max(running, prefill_step)
     return CapacityFigure(
         kv_cache_tokens=kv_cache_tokens,
         tokens_per_page=tokens_per_page,

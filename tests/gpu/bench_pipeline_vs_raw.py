@@ -147,6 +147,10 @@ def raw_main(args: argparse.Namespace) -> int:
         bar = completion_clock(done, clock)
         outputs = llm.generate(requests(timed), sampling(max_tokens), use_tqdm=bar)
         wall = time.perf_counter() - clock
+        if len(done) != len(outputs):
+            raise RuntimeError(
+                f"{len(done)} completions timed for {len(outputs)} pages"
+            )
         out_tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
         run = run_summary("raw", max_tokens, wall, done, out_tokens)
         run["prompt_tokens_per_page"] = round(
@@ -166,7 +170,8 @@ def completion_clock(done: list[float], start: float) -> Callable[..., Any]:
 
     class Clock(tqdm):  # type: ignore[misc]
         def update(self, n: float | None = 1) -> bool | None:
-            done.extend([time.perf_counter() - start] * int(n or 0))
+            if str(self.desc).startswith("Processed"):  # not the "Adding requests" bar
+                done.extend([time.perf_counter() - start] * int(n or 0))
             return super().update(n)  # type: ignore[no-any-return]
 
     sink = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process

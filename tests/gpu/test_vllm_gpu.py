@@ -16,7 +16,7 @@ from PIL import Image
 from prometheus_client import CollectorRegistry
 
 from consumers.engines import PageRequest, PageStatus
-from consumers.engines.vllm_pages import VllmPageEngine
+from consumers.engines.vllm_pages import WARM_UP_TOKENS, VllmPageEngine
 from consumers.settings import DEFAULT_PROMPT, VllmSettings
 from tests.gpu.doc_pages import make_page
 
@@ -60,7 +60,8 @@ def test_real_engine_recognises_pages_and_reports_capacity() -> None:
     assert sample("ocr_engine_page_capacity") == capacity
     # 3 pages x 2 attempts, each 1260 visual tokens + text, 24 generated tokens
     assert (sample("ocr_engine_prompt_tokens_total") or 0) >= 3 * 2 * 1260
-    assert sample("ocr_engine_generation_tokens_total") == 3 * 2 * 24
+    generated = sample("ocr_engine_generation_tokens_total") or 0
+    assert 3 * 2 * 24 <= generated <= 3 * 2 * 24 + WARM_UP_TOKENS  # + start's warm-up
 
 
 async def _exercise(engine: VllmPageEngine) -> int:

@@ -16,13 +16,21 @@ from consumers.engines.tesseract import TesseractEngine
 from consumers.errors import ConfigurationError, PageFailedError
 from consumers.images import ImageLimits, load_pages
 from consumers.settings import DEFAULT_PROMPT, TesseractSettings
-from tests.support.cer import SAMPLES_DIR, load_manifest, micro_cer, score_page
+from tests.support.cer import (
+    SAMPLES_DIR,
+    PageScore,
+    load_manifest,
+    micro_cer,
+    score_page,
+)
 
 pytestmark = pytest.mark.tesseract
 
-# The engine scores about 0.2 on these four samples (one is a 100-dpi "hard" scan);
-# raw tesseract with its defaults scores about 0.35.
-SAMPLES_CER_BOUND = 0.30
+# Measured with tesseract 5.3.0: the engine scores 0.109 on the four clean sample pages
+# and 0.315 on all five (pub-0026 is a 100-dpi "hard" scan at 0.82); the tesseract CLI
+# with its defaults scores 0.142 and 0.366 on the same pages.
+CLEAN_CER_BOUND = 0.13
+ALL_CER_BOUND = 0.34
 
 
 def _request(image: Image.Image, page_number: int = 1) -> PageRequest:
@@ -75,7 +83,8 @@ async def test_health_is_not_loaded_before_start_or_after_close() -> None:
 
 
 async def test_sample_documents_within_the_cer_bound(engine: TesseractEngine) -> None:
-    scores = []
+    scores: list[PageScore] = []
+    clean: list[PageScore] = []
     for case in load_manifest(SAMPLES_DIR):
         pages = load_pages(case.path.read_bytes(), ImageLimits())
         results = await asyncio.gather(
@@ -85,13 +94,17 @@ async def test_sample_documents_within_the_cer_bound(engine: TesseractEngine) ->
             assert result.engine_s > 0
             assert result.token_count == len(result.text.split())
             scores.append(score_page(result.text, truth))
-    assert micro_cer(scores) < SAMPLES_CER_BOUND
+            if case.degradation == "clean":
+                clean.append(scores[-1])
+    assert len(clean) == 4
+    assert micro_cer(clean) < CLEAN_CER_BOUND
+    assert micro_cer(scores) < ALL_CER_BOUND
 
 
 async def test_a_page_over_the_timeout_fails_and_leaves_no_process() -> None:
     engine = await _started(TesseractSettings(workers=1, page_timeout_s=0.05))
     try:
-        with pytest.raises(PageFailedError, match="within 0.05 s"):
+        with pytest.raises(PageFailedError, match=r"within 0\.05 s"):
             await engine.recognize(_request(_sample_page()))
         assert engine.running_processes == 0
         assert _tesseract_children() == 0

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from consumers.engines import OcrEngine, PageRequest, PageStatus
 from consumers.engines.vllm_pages import (
+    WARM_UP_TOKENS,
     EngineMetrics,
     Generation,
     GenerationRequest,
@@ -63,6 +64,7 @@ class FakeVllmClient:
     script: list[Generation | Exception]
     kv_tokens: int = KV_TOKENS
     dead: bool = False
+    warm_ups: list[GenerationRequest] = field(default_factory=list)
     requests: list[GenerationRequest] = field(default_factory=list)
     rendered: list[str] = field(default_factory=list)
     closed: bool = False
@@ -78,6 +80,9 @@ class FakeVllmClient:
         return TEXT_TOKENS
 
     async def generate(self, request: GenerationRequest) -> Generation:
+        if not self.warm_ups:  # start() sends one blank page first
+            self.warm_ups.append(request)
+            return Generation("", request.sampling.max_tokens, "length")
         self.requests.append(request)
         step = self.script[min(len(self.requests), len(self.script)) - 1]
         if isinstance(step, Exception):
@@ -343,21 +348,27 @@ def test_judge_page(text: str, finish: str, status: PageStatus) -> None:
 # ---------------------------------------------------------------- capacity figure
 
 
-def test_capacity_is_the_running_slots_plus_one_prefill_step() -> None:
+def test_capacity_is_the_running_slots_plus_a_second_wave() -> None:
     figure = page_capacity(settings(MAX_NUM_SEQS=128), KV_TOKENS, TEXT_TOKENS)
     # 1280 visual + 40 text + 4096 output = 5416 tokens per page sequence
     assert figure.tokens_per_page == 5416
     assert figure.kv_pages == KV_TOKENS // 5416  # 166
     assert figure.running == 128
-    assert figure.reserve == 13  # ceil(16384 / 1320)
-    assert figure.pages == 141
+    assert figure.reserve == 128
+    assert figure.pages == 256
 
 
 def test_capacity_is_bounded_by_the_kv_cache() -> None:
     figure = page_capacity(settings(MAX_NUM_SEQS=256), 100_000, TEXT_TOKENS)
     assert figure.kv_pages == 18
     assert figure.running == 18
-    assert figure.pages == 18 + 13
+    assert figure.pages == 18 + 18
+
+
+def test_capacity_reserve_covers_at_least_one_prefill_step() -> None:
+    figure = page_capacity(settings(MAX_NUM_SEQS=4), KV_TOKENS, TEXT_TOKENS)
+    assert figure.running == 4
+    assert figure.reserve == 13  # ceil(16384 / 1320)
 
 
 def test_capacity_output_budget_follows_the_default_max_tokens() -> None:
@@ -369,7 +380,7 @@ def test_capacity_output_budget_follows_the_default_max_tokens() -> None:
 def test_capacity_never_drops_below_one_page() -> None:
     figure = page_capacity(settings(), 0, TEXT_TOKENS)
     assert figure.running == 1
-    assert figure.pages == 2
+    assert figure.pages == 1 + 13
 
 
 # ------------------------------------------------------------ the engine over a fake
@@ -394,6 +405,18 @@ async def test_engine_sends_the_prepared_image_and_chat_text(
     assert request.sampling.temperature == 0.0
     assert request.sampling.top_p == 1.0
     assert request.sampling.ignore_eos is False
+
+
+async def test_start_warms_the_engine_up_with_one_blank_page(
+    make_engine: Callable[..., tuple[VllmPageEngine, FakeVllmClient]],
+) -> None:
+    engine, client = make_engine([ok()])
+    await engine.start()
+    (warm_up,) = client.warm_ups
+    assert warm_up.image.size == (840, 1176)
+    assert warm_up.sampling.max_tokens == WARM_UP_TOKENS
+    assert warm_up.sampling.temperature == 0.0
+    assert client.requests == []
 
 
 async def test_chat_prompt_is_rendered_once_per_prompt(
@@ -521,9 +544,9 @@ async def test_health_capacity_and_metrics_follow_start_and_close(
     await engine.start()
     health = engine.health()
     assert (health.loaded, health.gpu_available) == (True, True)
-    assert engine.capacity() == 64 + 13
+    assert engine.capacity() == 64 + 64
     sample = registry.get_sample_value
-    assert sample("ocr_engine_page_capacity") == 77
+    assert sample("ocr_engine_page_capacity") == 128
     assert sample("ocr_engine_requests_running") == 3
     assert sample("ocr_engine_requests_waiting") == 2
     assert sample("ocr_engine_kv_cache_usage_ratio") == 0.25
