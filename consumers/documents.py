@@ -27,13 +27,7 @@ from consumers.errors import (
     PoisonRecordError,
     UndecodableRecordError,
 )
-from consumers.images import (
-    SUPPORTED_TYPES,
-    ImageLimits,
-    load_pages,
-    read_image_uri,
-    sniff_content_type,
-)
+from consumers.images import ImageLimits, load_pages, read_image_uri
 from consumers.metrics import WorkerMetrics
 from consumers.retry import RetryPolicy, retry_transient
 from schemas import (
@@ -44,6 +38,7 @@ from schemas import (
     OcrResult,
     PageText,
 )
+from schemas.content_types import SUPPORTED_TYPES, sniff_content_type
 from schemas.records import FORM_FEED, RecordHeader, utc_now
 
 log = logging.getLogger(__name__)

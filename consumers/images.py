@@ -24,14 +24,8 @@ from consumers.errors import (
     UnreadableImageError,
     UnsupportedFormatError,
 )
+from schemas.content_types import sniff_content_type
 
-_MAGIC: tuple[tuple[bytes, str], ...] = (
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"II*\x00", "image/tiff"),
-    (b"MM\x00*", "image/tiff"),
-)
-SUPPORTED_TYPES = frozenset(mime for _, mime in _MAGIC)
 _PIL_FORMATS = {
     "PNG": "image/png",
     "JPEG": "image/jpeg",
@@ -40,21 +34,12 @@ _PIL_FORMATS = {
 }
 
 
-
 @dataclass(frozen=True)
 class ImageLimits:
     max_document_bytes: int = 20 * 1024 * 1024
     max_pages: int = 50
     max_pixels: int = 100_000_000
     max_side_px: int = 4096
-
-
-def sniff_content_type(raw: bytes) -> str | None:
-    """The MIME type the bytes really are, or None when they are no supported image."""
-    for magic, mime in _MAGIC:
-        if raw.startswith(magic):
-            return mime
-    return None
 
 
 def read_image_uri(uri: str, roots: tuple[str, ...], limits: ImageLimits) -> bytes:

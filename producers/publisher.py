@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
 from schemas import OcrRequest
+from schemas.content_types import MAGIC_BYTES, sniff_content_type
 from schemas.records import utc_now
 
 SCAN_SUFFIXES = {
@@ -20,12 +21,6 @@ SCAN_SUFFIXES = {
     ".tif": "image/tiff",
     ".tiff": "image/tiff",
 }
-_MAGIC = (
-    (b"\x89PNG", "image/png"),
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"II*\x00", "image/tiff"),
-    (b"MM\x00*", "image/tiff"),
-)
 
 
 @dataclass(frozen=True)
@@ -58,15 +53,13 @@ def find_scans(paths: Sequence[Path]) -> list[Path]:
 
 def content_type_of(path: Path, head: bytes) -> str:
     """The type the bytes are; the suffix only when the bytes say nothing."""
-    for magic, mime in _MAGIC:
-        if head.startswith(magic):
-            return mime
-    return SCAN_SUFFIXES.get(path.suffix.lower(), "application/octet-stream")
+    sniffed = sniff_content_type(head)
+    return sniffed or SCAN_SUFFIXES.get(path.suffix.lower(), "application/octet-stream")
 
 
 def build_request(path: Path, options: RequestOptions) -> OcrRequest:
     raw = path.read_bytes() if not options.by_reference else None
-    head = raw[:8] if raw is not None else path.open("rb").read(8)
+    head = raw[:MAGIC_BYTES] if raw is not None else _head(path)
     return OcrRequest(
         document_id=options.id_prefix + path.stem,
         content_type=content_type_of(path, head),
@@ -79,6 +72,11 @@ def build_request(path: Path, options: RequestOptions) -> OcrRequest:
         source_system=options.source_system,
         attributes=dict(options.attributes),
     )
+
+
+def _head(path: Path) -> bytes:
+    with path.open("rb") as scan:
+        return scan.read(MAGIC_BYTES)
 
 
 def iter_requests(

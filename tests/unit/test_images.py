@@ -22,7 +22,8 @@ from consumers.errors import (
     UnreadableImageError,
     UnsupportedFormatError,
 )
-from consumers.images import ImageLimits, load_pages, read_image_uri, sniff_content_type
+from consumers.images import ImageLimits, load_pages, read_image_uri
+from schemas.content_types import sniff_content_type
 
 LIMITS = ImageLimits()
 
