@@ -20,7 +20,11 @@ from consumers.engines.vllm_pages import WARM_UP_TOKENS, VllmPageEngine
 from consumers.settings import DEFAULT_PROMPT, VllmSettings
 from tests.gpu.doc_pages import make_page
 
-pytestmark = pytest.mark.gpu
+pytestmark = [
+    pytest.mark.gpu,
+    # torch and vLLM import with DeprecationWarnings of their own
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]
 
 
 def gpu_settings(**overrides: str) -> VllmSettings:
