@@ -87,13 +87,15 @@ class DocumentRecognizer:
         """The outcome of one record; its budget reservation of one page is kept as is."""
         started = time.monotonic()
         request: OcrRequest | None = None
-        raw: bytes | None = None
+        digest: str | None = None
         try:
             request = decode_request(msg)
             raw = await self._read_image(request)
+            # hashing and decoding megabytes of scan stay off the event loop
+            digest = await asyncio.to_thread(sha256_hex, raw)
             pages = await asyncio.to_thread(load_pages, raw, self._options.limits)
         except PoisonRecordError as exc:
-            return self._poison(msg, request, raw, exc, started)
+            return self._poison(msg, request, digest, exc, started)
         extra = len(pages) - 1
         self._budget.reserve(extra)
         self._metrics.inflight_pages.inc(extra)
@@ -107,7 +109,7 @@ class DocumentRecognizer:
         finally:
             self._budget.release(extra)
             self._metrics.inflight_pages.dec(extra)
-        return self._finish(msg, request, raw, texts, started)
+        return self._finish(msg, request, digest, texts, started)
 
     async def _read_image(self, request: OcrRequest) -> bytes:
         if request.image is not None:
@@ -163,7 +165,7 @@ class DocumentRecognizer:
         self,
         msg: Msg,
         request: OcrRequest,
-        raw: bytes,
+        digest: str | None,
         pages: list[PageText],
         started: float,
     ) -> Outcome:
@@ -171,7 +173,7 @@ class DocumentRecognizer:
         result = self._result(
             msg,
             request,
-            raw,
+            digest,
             started,
             status=DocumentStatus.FAILED if failed else DocumentStatus.OK,
             pages=pages,
@@ -193,7 +195,7 @@ class DocumentRecognizer:
         self,
         msg: Msg,
         request: OcrRequest | None,
-        raw: bytes | None,
+        digest: str | None,
         exc: PoisonRecordError,
         started: float,
     ) -> Outcome:
@@ -201,7 +203,7 @@ class DocumentRecognizer:
         result = self._result(
             msg,
             request,
-            raw,
+            digest,
             started,
             status=DocumentStatus.FAILED,
             pages=[],
@@ -215,7 +217,7 @@ class DocumentRecognizer:
         self,
         msg: Msg,
         request: OcrRequest | None,
-        raw: bytes | None,
+        digest: str | None,
         started: float,
         *,
         status: DocumentStatus,
@@ -241,7 +243,7 @@ class DocumentRecognizer:
             token_count=sum(p.token_count for p in pages),
             submitted_at=submitted,
             end_to_end_ms=millis_between(submitted, completed),
-            content_sha256=hashlib.sha256(raw).hexdigest() if raw else None,
+            content_sha256=digest,
             source_system=request.source_system if request else None,
             correlation_id=request.correlation_id if request else None,
             attributes=dict(request.attributes) if request else {},
@@ -311,6 +313,10 @@ def fallback_document_id(msg: Msg) -> str:
         except UnicodeDecodeError:
             pass
     return f"{msg.topic}-{msg.partition}-{msg.offset}"
+
+
+def sha256_hex(raw: bytes) -> str | None:
+    return hashlib.sha256(raw).hexdigest() if raw else None
 
 
 def millis_between(start: datetime | None, end: datetime) -> int | None:

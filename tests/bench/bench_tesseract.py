@@ -258,7 +258,9 @@ async def main(argv: Sequence[str] | None = None) -> int:
     tesseract = settings.tesseract.model_copy(update={"workers": args.workers})
     settings = settings.model_copy(update={"tesseract": tesseract})
     workers = tesseract.worker_count()
-    print(f"data: {data_dir}; load average at start: {os.getloadavg()[0]:.2f}")
+    # Other work on the machine skews the ratio: the load average says how much there was.
+    load_at_start = os.getloadavg()[0]
+    print(f"data: {data_dir}; load average at start: {load_at_start:.2f}")
 
     runs = [await run_raw(cases, workers, tesseract.languages)]
     print(f"raw tesseract done in {runs[-1].seconds:.1f} s")
@@ -276,7 +278,8 @@ async def main(argv: Sequence[str] | None = None) -> int:
                 "workers": workers,
                 "psm": tesseract.psm,
                 "preprocess": tesseract.preprocess,
-                "load_average_at_start": os.getloadavg()[0],
+                "load_average_at_start": load_at_start,
+                "load_average_at_end": os.getloadavg()[0],
                 "runs": summary,
             },
             indent=2,

@@ -248,6 +248,7 @@ class Pipeline:
             "PORT": str(self.sidecar_port),
             "OCR_TOPIC_PARTITIONS": partitions,
             "OCR_BATCH_MAX_RECORDS": str(self.args.batch_max_records),
+            "OCR_FILE_URI_ROOTS": self.args.pages_dir,  # absolute, see --pages-dir
         }
         started = time.perf_counter()
         worker = self.spawn("worker", ["worker"], worker_env)
@@ -299,6 +300,7 @@ class Pipeline:
         publish = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "consumers", "publish", str(folder),
             "--id-prefix", prefix, "--max-tokens", str(max_tokens),
+            *(["--by-reference"] if self.args.by_reference else []),
             env=self.env, stdout=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
         try:
@@ -501,6 +503,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--enforce-eager", action="store_true")
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--batch-max-records", type=int, default=32)
+    parser.add_argument(
+        "--by-reference",
+        action="store_true",
+        help="publish file:// URIs instead of inlining each page's bytes in Kafka",
+    )
     parser.add_argument("--phase-timeout", type=float, default=420.0)
     parser.add_argument("--out-dir", default=str(RESULTS))
     parser.add_argument("--phases", nargs="+", default=["raw", "pipeline"])

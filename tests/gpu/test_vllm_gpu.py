@@ -22,8 +22,10 @@ from tests.gpu.doc_pages import make_page
 
 pytestmark = [
     pytest.mark.gpu,
-    # torch and vLLM import with DeprecationWarnings of their own
+    # torch and vLLM import with DeprecationWarnings of their own, and vLLM's zmq
+    # context is collected after shutdown with an ignored __del__ exception
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
 ]
 
 
