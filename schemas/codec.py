@@ -78,7 +78,9 @@ class AvroCodec:
         if not isinstance(record, dict):
             raise CodecError(f"{self.name} body is not a record")
         if body.tell() != len(raw) - HEADER_BYTES:
-            raise CodecError(f"{self.name} body has trailing bytes: wrong schema or corrupt")
+            raise CodecError(
+                f"{self.name} body has trailing bytes: wrong schema or corrupt"
+            )
         return record
 
 
