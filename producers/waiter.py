@@ -7,7 +7,7 @@ it sees exactly the results produced after it started.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -77,6 +77,21 @@ class ResultWaiter:
                     except CodecError:
                         continue  # someone else's record on the topic
         return missing
+
+    async def stream(self) -> AsyncIterator[OcrResult]:
+        """Every result that arrives from now on (skipping foreign records)."""
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=500)
+            for tp, msgs in batch.items():
+                if tp.topic != self._result_topic:
+                    continue
+                for msg in msgs:
+                    if msg.value is None:
+                        continue
+                    try:
+                        yield OcrResult.decode(msg.value)
+                    except CodecError:
+                        continue
 
     async def stop(self) -> None:
         await self._consumer.stop()

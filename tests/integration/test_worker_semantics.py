@@ -6,13 +6,16 @@ import asyncio
 import io
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from PIL import Image
 
-from consumers.runner import run_worker
+from consumers.runner import producer_options, run_worker
 from consumers.settings import Settings
+from producers.cli import Topics
+from producers.client import OcrClient
 from schemas import OcrRequest
 from schemas.records import utc_now
 from tests.support.engines import FakeEngine
@@ -150,3 +153,27 @@ async def test_bad_page_fails_alone_and_is_dead_lettered(settings: Settings) -> 
     assert outputs.by_id()["neighbour"].status.value == "OK"
     [letter] = outputs.dead_letters
     assert letter.value == request.encode() and letter.document_id == "three-pages"
+
+
+async def test_python_client_awaits_each_result(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """``OcrClient.recognize`` is the event-driven form of a synchronous OCR call."""
+    scans = []
+    for name in ("alpha", "beta", "gamma"):
+        scan = tmp_path / f"{name}.png"
+        scan.write_bytes(png_request(name).image or b"")
+        scans.append(scan)
+    engine = FakeEngine(slow={"alpha": 0.5})  # the first one answers last
+    kafka = settings.kafka
+    topics = Topics(kafka.input_topic, kafka.result_topic, kafka.progress_topic)
+    async with (
+        running_worker(settings, engine),
+        OcrClient(kafka.client_kwargs(), topics, producer_options(settings)) as client,
+    ):
+        results = await asyncio.gather(
+            *(client.recognize(scan, timeout_s=60) for scan in scans)
+        )
+    assert [r.document_id for r in results] == ["alpha", "beta", "gamma"]
+    assert all(r.status.value == "OK" for r in results)
+    assert results[1].text == "beta p1 64x32"
