@@ -128,7 +128,8 @@ async def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _publish(args: argparse.Namespace, settings: Settings) -> int:
     from consumers.runner import producer_options
-    from producers.cli import Topics, publish_command
+    from producers.cli import publish_command
+    from producers.kafka import Topics
     from producers.publisher import RequestOptions
 
     kafka = settings.kafka

@@ -15,7 +15,7 @@ from pathlib import Path
 from consumers.broker import EmbeddedBroker, ensure_topics, free_port
 from consumers.runner import producer_options, run_worker
 from consumers.settings import Settings
-from producers.cli import Topics
+from producers.kafka import Topics
 from producers.publisher import RequestOptions
 from schemas import DocumentStatus, OcrResult
 

@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 from aiokafka import AIOKafkaConsumer
 
-from producers.kafka import ProducerOptions, build_producer, fetch_bytes_for
+from producers.kafka import ProducerOptions, Topics, build_producer, fetch_bytes_for
 from producers.publisher import RequestOptions, ScanPublisher, build_request, find_scans
 from producers.waiter import ResultWaiter
 from schemas import DocumentStatus, OcrResult, PageProgress
-
-
-@dataclass(frozen=True)
-class Topics:
-    requests: str
-    results: str
-    progress: str
 
 
 class ProgressBar:

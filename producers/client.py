@@ -21,8 +21,7 @@ from types import TracebackType
 
 from aiokafka import AIOKafkaConsumer
 
-from producers.cli import Topics
-from producers.kafka import ProducerOptions, build_producer, fetch_bytes_for
+from producers.kafka import ProducerOptions, Topics, build_producer, fetch_bytes_for
 from producers.publisher import RequestOptions, ScanPublisher, build_request
 from producers.waiter import ResultWaiter
 from schemas import OcrRequest, OcrResult

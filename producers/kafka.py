@@ -12,6 +12,15 @@ ENVELOPE_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
+class Topics:
+    """The topic names a sender needs: where requests go, where answers come back."""
+
+    requests: str = "ocr.requests"
+    results: str = "ocr.results"
+    progress: str = "ocr.progress"
+
+
+@dataclass(frozen=True)
 class ProducerOptions:
     enable_idempotence: bool = True
     max_document_bytes: int = 20 * 1024 * 1024

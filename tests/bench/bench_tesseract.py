@@ -152,7 +152,8 @@ async def run_pipeline(cases: Sequence[DocumentCase], settings: Settings) -> Run
     from consumers.broker import EmbeddedBroker, ensure_topics
     from consumers.demo import demo_settings
     from consumers.runner import producer_options, run_worker
-    from producers.cli import Topics, publish_command
+    from producers.cli import publish_command
+    from producers.kafka import Topics
     from producers.publisher import RequestOptions
 
     results: dict[str, OcrResult] = {}

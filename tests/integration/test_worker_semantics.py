@@ -14,8 +14,8 @@ from PIL import Image
 
 from consumers.runner import producer_options, run_worker
 from consumers.settings import Settings
-from producers.cli import Topics
 from producers.client import OcrClient
+from producers.kafka import Topics
 from schemas import OcrRequest
 from schemas.records import utc_now
 from tests.support.engines import FakeEngine
