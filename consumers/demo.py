@@ -7,12 +7,14 @@ show a dead letter and a FAILED result instead of a lost document.
 from __future__ import annotations
 
 import asyncio
+import json
 import tempfile
 import time
 from importlib import resources
 from pathlib import Path
 
 from consumers.broker import EmbeddedBroker, ensure_topics, free_port
+from consumers.cer import micro_cer, score_page
 from consumers.runner import producer_options, run_worker
 from consumers.settings import Settings
 from producers.kafka import Topics
@@ -22,9 +24,24 @@ from schemas import DocumentStatus, OcrResult
 SAMPLE_SUFFIXES = (".png", ".jpg", ".tif")
 
 
+def samples_folder() -> Path:
+    return Path(str(resources.files("producers").joinpath("samples")))
+
+
 def sample_scans() -> list[Path]:
-    folder = Path(str(resources.files("producers").joinpath("samples")))
-    return sorted(p for p in folder.iterdir() if p.suffix in SAMPLE_SUFFIXES)
+    return sorted(p for p in samples_folder().iterdir() if p.suffix in SAMPLE_SUFFIXES)
+
+
+def sample_truth() -> dict[str, list[str]]:
+    """Ground truth of each bundled sample, page by page (from its manifest)."""
+    folder = samples_folder()
+    truth = {}
+    for line in (folder / "manifest.jsonl").read_text(encoding="utf-8").splitlines():
+        entry = json.loads(line)
+        truth[entry["id"]] = [
+            (folder / name).read_text(encoding="utf-8") for name in entry["gt"]
+        ]
+    return truth
 
 
 def demo_settings(settings: Settings, bootstrap: str) -> Settings:
@@ -102,6 +119,20 @@ def _summary(results: list[OcrResult], elapsed_s: float, status: int) -> int:
         f"documents: {len(results)} ({len(ok)} OK, {len(failed)} FAILED), "
         f"pages recognised: {pages}, wall time: {elapsed_s:.1f}s"
     )
+    truth = sample_truth()
+    for result in ok:
+        reference_pages = truth.get(result.document_id)
+        if reference_pages is not None:
+            scores = [
+                score_page(text, reference)
+                for text, reference in zip(
+                    result.text.split("\f"), reference_pages, strict=False
+                )
+            ]
+            print(
+                f"  OK     {result.document_id}: CER {micro_cer(scores):.3f} "
+                f"against the ground truth ({result.page_count} pages)"
+            )
     for result in failed:
         print(f"  FAILED {result.document_id}: {result.error_code} (dead-lettered)")
     expected_failures = {"corrupt-scan"}

@@ -38,7 +38,7 @@ from consumers.engines.vllm_pages import (
     VllmClient,
     VllmPageEngine,
 )
-from consumers.engines.vllm_requests import engine_kwargs
+from consumers.engines.vllm_requests import engine_kwargs, gpus_suffice, require_gpus
 from consumers.errors import ConfigurationError, EngineDeadError, PageFailedError
 from consumers.settings import VllmSettings
 
@@ -103,16 +103,22 @@ def load_chat_template(model: str) -> tuple[str, Any]:
 class AsyncLlmClient:
     """``VllmClient`` over ``AsyncLLM``; build it with ``connect``."""
 
-    def __init__(self, engine: AsyncLLM, template: str, tokenizer: Any) -> None:
+    def __init__(
+        self, engine: AsyncLLM, template: str, tokenizer: Any, gpus_needed: int = 1
+    ) -> None:
         self._engine = engine
         self._template = template
         self._tokenizer = tokenizer
+        self._gpus_needed = gpus_needed
 
     @classmethod
     async def connect(
         cls, settings: VllmSettings, metrics: EngineMetrics
     ) -> VllmClient:
         log.info("starting vLLM %s with %s", vllm.__version__, settings.model_name)
+        # NVML count: unlike is_available(), it does not initialise CUDA in this
+        # process, which vLLM forks for its engine core.
+        require_gpus(settings.tensor_parallel_size, torch.cuda.device_count())
         args = AsyncEngineArgs(**engine_kwargs(settings))
         stat_logger = functools.partial(MetricsStatLogger, metrics=metrics)
         # Built in the running loop, as vLLM's own server does: its output queue task
@@ -125,9 +131,15 @@ class AsyncLlmClient:
         except BaseException:
             engine.shutdown()
             raise
-        return cls(engine, template, tokenizer)
+        return cls(engine, template, tokenizer, settings.tensor_parallel_size)
 
     def kv_cache_tokens(self) -> int:
+        """Tokens the whole engine can hold, whatever TENSOR_PARALLEL_SIZE is.
+
+        With tensor parallelism each GPU stores its share of the KV heads of every
+        block, and vLLM reports the blocks the ranks have in common: the product is
+        the group's capacity, not one GPU's, and must not be multiplied by the TP size.
+        """
         cache = self._engine.vllm_config.cache_config
         return int(cache.num_gpu_blocks or 0) * int(cache.block_size)
 
@@ -185,7 +197,7 @@ class AsyncLlmClient:
         return bool(self._engine.errored)
 
     def gpu_available(self) -> bool:
-        return bool(torch.cuda.is_available())
+        return gpus_suffice(self._gpus_needed, torch.cuda.device_count())
 
     def shutdown(self) -> None:
         self._engine.shutdown()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from consumers.errors import PageFailedError
+from consumers.errors import ConfigurationError, PageFailedError
 from consumers.settings import VllmSettings
 
 PATCH_PX = 28  # 14 px vision patches, merged 2x2 into one token
@@ -158,6 +158,25 @@ def page_capacity(
         reserve=reserve,
         pages=running + reserve,
     )
+
+
+def require_gpus(tensor_parallel_size: int, visible_gpus: int) -> None:
+    """Refuse to start an engine whose tensor-parallel ranks cannot each get a GPU.
+
+    Without this, vLLM falls back to Ray for a world larger than the visible GPUs and
+    fails with a message about multi-node inference.
+    """
+    if visible_gpus < tensor_parallel_size:
+        raise ConfigurationError(
+            f"TENSOR_PARALLEL_SIZE={tensor_parallel_size} needs "
+            f"{tensor_parallel_size} GPUs but this process sees {visible_gpus} "
+            "(check CUDA_VISIBLE_DEVICES)"
+        )
+
+
+def gpus_suffice(tensor_parallel_size: int, visible_gpus: int) -> bool:
+    """``/health``'s ``gpu_available``: every tensor-parallel rank has its GPU."""
+    return visible_gpus >= tensor_parallel_size >= 1
 
 
 def engine_kwargs(settings: VllmSettings) -> dict[str, object]:

@@ -136,9 +136,11 @@ def test_probes_resources_and_grace_period() -> None:
     worker = _worker()
     assert worker["livenessProbe"]["httpGet"]["path"] == "/health"
     assert worker["readinessProbe"]["httpGet"]["path"] == "/ready"
-    assert worker["resources"]["requests"]["nvidia.com/gpu"] == 1
-    assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
     env = _env_values(worker)
+    # one vLLM engine spans TENSOR_PARALLEL_SIZE GPUs: the pod must ask for that many
+    gpus = int(env.get("TENSOR_PARALLEL_SIZE", "1"))
+    assert worker["resources"]["requests"]["nvidia.com/gpu"] == gpus
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == gpus
     drain_s = float(
         env.get(
             "OCR_DRAIN_TIMEOUT_S", BatchSettings.model_fields["drain_timeout_s"].default

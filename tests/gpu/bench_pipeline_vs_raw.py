@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -40,7 +41,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -204,13 +205,25 @@ def run_raw(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
 
 
 class Pipeline:
-    """Broker and worker processes, and a results reader on the output topic."""
+    """Broker and worker processes, and a results reader on the output topic.
 
-    def __init__(self, args: argparse.Namespace, out_dir: Path) -> None:
+    ``workers`` holds one environment overlay per ``medocr worker`` process (e.g.
+    ``CUDA_VISIBLE_DEVICES``); all of them join one consumer group.
+    """
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        out_dir: Path,
+        workers: Sequence[Mapping[str, str]] = ({},),
+    ) -> None:
+        if not workers:
+            raise ValueError("a pipeline needs at least one worker")
         self.args = args
         self.out_dir = out_dir
         self.kafka_port = free_port()
-        self.sidecar_port = free_port()
+        self.worker_envs = [dict(overlay) for overlay in workers]
+        self.sidecar_ports = [free_port() for _ in self.worker_envs]
         self.bootstrap = f"127.0.0.1:{self.kafka_port}"
         self.env = {
             **os.environ,
@@ -218,6 +231,7 @@ class Pipeline:
             "KAFKA_ENABLE_IDEMPOTENCE": "false",
         }
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.workers: list[subprocess.Popen[bytes]] = []
         self.logs: list[TextIO] = []
 
     def spawn(
@@ -240,26 +254,33 @@ class Pipeline:
         await self._until(
             lambda: "broker ready" in self._log_text("broker"), broker, 60
         )
-        worker_env = {
-            **self.env,
-            **engine_env(self.args),
-            "OCR_ENGINE": self.args.engine,
-            "HOST": "127.0.0.1",
-            "PORT": str(self.sidecar_port),
-            "OCR_TOPIC_PARTITIONS": partitions,
-            "OCR_BATCH_MAX_RECORDS": str(self.args.batch_max_records),
-            "OCR_FILE_URI_ROOTS": self.args.pages_dir,  # absolute, see --pages-dir
-        }
         started = time.perf_counter()
-        worker = self.spawn("worker", ["worker"], worker_env)
-        await self._until(self._ready, worker, self.args.phase_timeout)
+        for index, (overlay, port) in enumerate(
+            zip(self.worker_envs, self.sidecar_ports, strict=True)
+        ):
+            worker_env = {
+                **self.env,
+                **engine_env(self.args),
+                "OCR_ENGINE": self.args.engine,
+                "HOST": "127.0.0.1",
+                "PORT": str(port),
+                "OCR_TOPIC_PARTITIONS": partitions,
+                "OCR_BATCH_MAX_RECORDS": str(self.args.batch_max_records),
+                "OCR_FILE_URI_ROOTS": self.args.pages_dir,  # absolute, see --pages-dir
+                **overlay,
+            }
+            name = "worker" if len(self.worker_envs) == 1 else f"worker-{index}"
+            self.workers.append(self.spawn(name, ["worker"], worker_env))
+        for worker, port in zip(self.workers, self.sidecar_ports, strict=True):
+            ready = functools.partial(self._ready, port)
+            await self._until(ready, worker, self.args.phase_timeout)
         return time.perf_counter() - started
 
     def _log_text(self, name: str) -> str:
         return (self.out_dir / f"{name}.log").read_text(errors="replace")
 
-    def _ready(self) -> bool:
-        url = f"http://127.0.0.1:{self.sidecar_port}/ready"
+    def _ready(self, port: int) -> bool:
+        url = f"http://127.0.0.1:{port}/ready"
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 return bool(response.status == 200)
@@ -329,17 +350,27 @@ class Pipeline:
         run["page_status"] = _count(p.status for r in results for p in r.pages)
         return run
 
+    def stop_workers(self) -> None:
+        """SIGTERM every worker (drain, commit, exit); the broker keeps running."""
+        _terminate(self.workers)
+
     def stop(self) -> None:
-        for proc in reversed(self.procs):  # worker first: drain, commit, exit
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        _terminate(self.workers)  # workers first: drain, commit, exit
+        _terminate(list(reversed(self.procs)))
         for out in self.logs:
             out.close()
+
+
+def _terminate(procs: Sequence[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def page_files(folder: Path) -> list[Path]:
@@ -381,28 +412,19 @@ async def run_pipeline(args: argparse.Namespace, out_dir: Path) -> dict[str, Any
 
 def plot(results: dict[str, Any], png: Path, bin_s: float = 1.0) -> None:
     """Pages/s over time (completions per ``bin_s``, 3-bin moving average)."""
-    import matplotlib  # type: ignore[import-not-found]
+    import matplotlib  # type: ignore[import-not-found,unused-ignore]
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # type: ignore[import-not-found]
+    import matplotlib.pyplot as plt  # type: ignore[import-not-found,unused-ignore]
 
     sizes = [run["max_tokens"] for run in results["raw"]["runs"]]
     fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4), squeeze=False)
     for ax, size in zip(axes[0], sizes, strict=True):
         for phase, style in (("raw", "-"), ("pipeline", "--")):
             run = next(r for r in results[phase]["runs"] if r["max_tokens"] == size)
-            times = run["done_s"]
-            bins = int(max(times) / bin_s) + 1
-            counts = [0.0] * bins
-            for t in times:
-                counts[min(int(t / bin_s), bins - 1)] += 1
-            smooth = [
-                sum(counts[max(0, i - 1) : i + 2]) / len(counts[max(0, i - 1) : i + 2])
-                for i in range(bins)
-            ]
-            xs = [(i + 0.5) * bin_s for i in range(bins)]
+            xs, rates = rate_curve(run["done_s"], bin_s)
             label = f"{phase}: {run['pages_per_s']:.2f} pages/s"
-            ax.plot(xs, [c / bin_s for c in smooth], style, label=label)
+            ax.plot(xs, rates, style, label=label)
         ax.set_title(f"max_tokens {size}, {results['config']['pages']} pages")
         ax.set_xlabel("seconds since start")
         ax.set_ylabel("pages/s (completions, 3 s average)")
@@ -412,6 +434,21 @@ def plot(results: dict[str, Any], png: Path, bin_s: float = 1.0) -> None:
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
+
+
+def rate_curve(
+    done_s: Sequence[float], bin_s: float
+) -> tuple[list[float], list[float]]:
+    """Completions per second in ``bin_s`` bins (3-bin moving average), for plots."""
+    bins = int(max(done_s) / bin_s) + 1
+    counts = [0.0] * bins
+    for t in done_s:
+        counts[min(int(t / bin_s), bins - 1)] += 1
+    smooth = [
+        sum(counts[max(0, i - 1) : i + 2]) / len(counts[max(0, i - 1) : i + 2])
+        for i in range(bins)
+    ]
+    return [(i + 0.5) * bin_s for i in range(bins)], [c / bin_s for c in smooth]
 
 
 def device_name() -> str:
@@ -487,21 +524,32 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0] if __doc__ else ""
     )
+    add_pipeline_args(parser)
+    parser.add_argument("--max-tokens", type=int, nargs="+", default=[256, 1024])
+    parser.add_argument("--tensor-parallel-size", type=int, default=1)
+    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--out-dir", default=str(RESULTS))
+    parser.add_argument("--phases", nargs="+", default=["raw", "pipeline"])
+    parser.add_argument("--plot-only", default="", help="redraw the PNG of a JSON file")
+    parser.add_argument("--raw-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--raw-json", default="", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
+    """Engine, page and pipeline options that ``engine_env`` and ``Pipeline`` read."""
     parser.add_argument("--model", default="/tmp/model")
     parser.add_argument("--load-format", default="dummy")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--pages", type=int, default=256)
     parser.add_argument("--warmup", type=int, default=8)
     parser.add_argument("--pages-dir", default="/tmp/medocr-bench-pages")
-    parser.add_argument("--max-tokens", type=int, nargs="+", default=[256, 1024])
     parser.add_argument("--max-num-seqs", type=int, default=128)
     parser.add_argument("--max-num-batched-tokens", type=int, default=16384)
     parser.add_argument("--max-model-len", type=int, default=8192)
     parser.add_argument("--max-pixels", type=int, default=1280 * 28 * 28)
     parser.add_argument("--gpu-mem", type=float, default=0.85)
-    parser.add_argument("--tensor-parallel-size", type=int, default=1)
     parser.add_argument("--enforce-eager", action="store_true")
-    parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--batch-max-records", type=int, default=32)
     parser.add_argument(
         "--by-reference",
@@ -509,15 +557,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="publish file:// URIs instead of inlining each page's bytes in Kafka",
     )
     parser.add_argument("--phase-timeout", type=float, default=420.0)
-    parser.add_argument("--out-dir", default=str(RESULTS))
-    parser.add_argument("--phases", nargs="+", default=["raw", "pipeline"])
     parser.add_argument(
         "--engine", default="vllm", help="tesseract: debug the Kafka part"
     )
-    parser.add_argument("--plot-only", default="", help="redraw the PNG of a JSON file")
-    parser.add_argument("--raw-child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--raw-json", default="", help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
 
 
 if __name__ == "__main__":

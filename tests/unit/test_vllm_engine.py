@@ -37,13 +37,15 @@ from consumers.engines.vllm_requests import (
     cap_max_tokens,
     engine_kwargs,
     fit_pixels,
+    gpus_suffice,
     max_visual_tokens,
     page_capacity,
     plan_sampling,
     prepare_image,
+    require_gpus,
     visual_tokens,
 )
-from consumers.errors import EngineDeadError, PageFailedError
+from consumers.errors import ConfigurationError, EngineDeadError, PageFailedError
 from consumers.settings import VllmSettings
 
 CHAT = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{}<|im_end|>\n"
@@ -282,6 +284,41 @@ def test_engine_kwargs_carry_every_setting_and_pin_the_batch_budget() -> None:
     assert kwargs["renderer_num_workers"] == 4
 
 
+def test_engine_kwargs_spread_the_engine_over_tensor_parallel_gpus() -> None:
+    assert engine_kwargs(settings())["tensor_parallel_size"] == 1
+    assert engine_kwargs(settings(TENSOR_PARALLEL_SIZE=2))["tensor_parallel_size"] == 2
+
+
+# ---------------------------------------------------------------- GPUs per worker
+
+
+@pytest.mark.parametrize(("tp", "visible"), [(2, 1), (2, 0), (4, 2), (1, 0)])
+def test_start_refuses_more_tensor_parallel_ranks_than_gpus(
+    tp: int, visible: int
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        require_gpus(tp, visible)
+    message = str(caught.value)
+    assert f"TENSOR_PARALLEL_SIZE={tp}" in message
+    assert f"sees {visible}" in message
+    assert "CUDA_VISIBLE_DEVICES" in message
+
+
+@pytest.mark.parametrize(("tp", "visible"), [(1, 1), (1, 2), (2, 2), (2, 8)])
+def test_start_accepts_enough_gpus(tp: int, visible: int) -> None:
+    require_gpus(tp, visible)
+
+
+@pytest.mark.parametrize(
+    ("tp", "visible", "available"),
+    [(1, 0, False), (1, 1, True), (2, 1, False), (2, 2, True), (2, 4, True)],
+)
+def test_gpu_available_means_a_gpu_for_every_rank(
+    tp: int, visible: int, available: bool
+) -> None:
+    assert gpus_suffice(tp, visible) is available
+
+
 def test_processor_cache_forces_one_renderer_thread() -> None:
     kwargs = engine_kwargs(settings(ENGINE_MM_CACHE_GB=4, ENGINE_PREP_THREADS=8))
     assert kwargs["renderer_num_workers"] == 1
@@ -375,6 +412,17 @@ def test_capacity_output_budget_follows_the_default_max_tokens() -> None:
     short = page_capacity(settings(ENGINE_DEFAULT_MAX_TOKENS=256), 200_000, TEXT_TOKENS)
     assert short.tokens_per_page == 1280 + 40 + 256
     assert short.kv_pages == 200_000 // 1576
+
+
+def test_capacity_is_the_engines_not_one_gpus_share_under_tensor_parallel() -> None:
+    # vLLM reports the KV cache of the whole TP group (heads are split, blocks are
+    # shared): the same token count must give the same figure at TP=1 and TP=2.
+    one = page_capacity(settings(MAX_NUM_SEQS=256), 500_000, TEXT_TOKENS)
+    two = page_capacity(
+        settings(MAX_NUM_SEQS=256, TENSOR_PARALLEL_SIZE=2), 500_000, TEXT_TOKENS
+    )
+    assert two == one
+    assert two.kv_pages == 500_000 // 5416
 
 
 def test_capacity_never_drops_below_one_page() -> None:
