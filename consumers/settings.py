@@ -127,6 +127,10 @@ class TesseractSettings(_Group):
     # does; on docs-public it beats tesseract's default 3 in CER and in speed.
     psm: int = Field(4, ge=0, le=13, validation_alias=_env("TESSERACT_PSM"))
     preprocess: bool = Field(True, validation_alias=_env("TESSERACT_PREPROCESS"))
+    # Upscale of low-resolution (~100 dpi) scans: better text, slower pages (README).
+    low_res_scale: float = Field(
+        1.0, ge=1.0, le=3.0, validation_alias=_env("TESSERACT_LOW_RES_SCALE")
+    )
 
     def worker_count(self) -> int:
         return self.workers or os.cpu_count() or 1

@@ -12,14 +12,12 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import multiprocessing
 import os
 import re
 import shutil
 import signal
 import time
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,14 +36,13 @@ log = logging.getLogger(__name__)
 
 # Low-resolution scans (about 100 dpi) are usually the noisiest ones too: they get a
 # median filter (salt-and-pepper noise), a flat background (uneven light, low contrast)
-# and a 1.25x upscale. Low means a long side below that of an A4 page at 120 dpi,
-# unless the file states at least 130 dpi (a small but sharp crop); a stated resolution
-# alone is not trusted, 72 is a common default. On docs-public "hard" pages: CER 0.82
-# cleaned only, 0.79 at 1.25x, 0.74 at 1.5x, 0.72 at 2x; but tesseract time on those
-# pages grows by 30%, 85% and 145%, and 1.25x is what the throughput target allows.
+# and an optional upscale (TESSERACT_LOW_RES_SCALE). Low means a long side below that
+# of an A4 page at 120 dpi, unless the file states at least 130 dpi (a small but sharp
+# crop); a stated resolution alone is not trusted, 72 is a common default. On
+# docs-public "hard" pages: CER 0.82 cleaned only, 0.79 at 1.25x, 0.74 at 1.5x, 0.72 at
+# 2x; but tesseract time on those pages grows by 30%, 85% and 145%.
 LOW_RESOLUTION_DPI = 130
 SMALL_PAGE_LONG_SIDE_PX = 1400
-LOW_RESOLUTION_SCALE = 1.25
 # A resolution outside this range is a broken header: tesseract estimates its own.
 _DPI_RANGE = (50, 1200)
 _VERSION = re.compile(r"tesseract\s+v?(\d+(?:\.\d+)*)", re.IGNORECASE)
@@ -57,18 +54,21 @@ class PreparedPage:
     dpi: int | None
 
 
-def prepare_page(image: Image.Image, preprocess: bool) -> PreparedPage:
+def prepare_page(
+    image: Image.Image, preprocess: bool, low_res_scale: float = 1.0
+) -> PreparedPage:
     """The page as the PGM bytes tesseract reads on stdin (runs in the process pool)."""
     gray = _to_gray(image) if preprocess else image.convert("L")
     dpi = _dpi(image)
     if preprocess and _is_low_resolution(gray, dpi):
         gray = _flatten_background(gray.filter(ImageFilter.MedianFilter(3)))
-        size = (
-            round(gray.width * LOW_RESOLUTION_SCALE),
-            round(gray.height * LOW_RESOLUTION_SCALE),
-        )
-        gray = gray.resize(size, Image.Resampling.BICUBIC)
-        dpi = round(dpi * LOW_RESOLUTION_SCALE) if dpi is not None else None
+        if low_res_scale > 1.0:
+            size = (
+                round(gray.width * low_res_scale),
+                round(gray.height * low_res_scale),
+            )
+            gray = gray.resize(size, Image.Resampling.BICUBIC)
+            dpi = round(dpi * low_res_scale) if dpi is not None else None
     buffer = io.BytesIO()
     gray.save(buffer, format="PPM")  # mode L is written as binary PGM (P5)
     return PreparedPage(buffer.getvalue(), dpi)
@@ -120,7 +120,7 @@ class TesseractEngine:
         self.model = f"tesseract {settings.languages}"
         self._binary: str | None = None
         self._slots = asyncio.Semaphore(self._workers)
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: ThreadPoolExecutor | None = None
         self._running: set[asyncio.subprocess.Process] = set()
         # The children inherit the environment (PATH, TESSDATA_PREFIX); one OpenMP
         # thread each, because the parallelism is the number of processes.
@@ -148,16 +148,9 @@ class TesseractEngine:
             )
         self._binary = binary
         self.model = f"tesseract {version} {self._settings.languages}"
-        self._pool = self._new_pool()
-        # Start the pool's processes now, so the first page does not pay for it.
-        loop = asyncio.get_running_loop()
-        warmup = Image.new("L", (8, 8), 255)
-        await asyncio.gather(
-            *(
-                loop.run_in_executor(self._pool, prepare_page, warmup, False)
-                for _ in range(self._workers)
-            )
-        )
+        # Threads, not processes: Pillow and numpy release the GIL for the pixel work,
+        # and a process pool would copy every page through a pipe twice.
+        self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="page-prep")
         log.info("tesseract engine ready: %s, %d processes", self.model, self._workers)
 
     async def close(self) -> None:
@@ -201,19 +194,16 @@ class TesseractEngine:
         return command + (["--dpi", str(dpi)] if dpi is not None else [])
 
     async def _prepare(
-        self, pool: ProcessPoolExecutor, page: PageRequest
+        self, pool: ThreadPoolExecutor, page: PageRequest
     ) -> PreparedPage:
         loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(
-                pool, prepare_page, page.image, self._settings.preprocess
-            )
-        except BrokenProcessPool as exc:
-            # A pool process died (e.g. killed for memory): new pool, retry the page.
-            if self._pool is pool:
-                self._pool = self._new_pool()
-                pool.shutdown(wait=False)
-            raise TransientError("the page preparation process pool broke") from exc
+        return await loop.run_in_executor(
+            pool,
+            prepare_page,
+            page.image,
+            self._settings.preprocess,
+            self._settings.low_res_scale,
+        )
 
     async def _run(
         self, binary: str, prepared: PreparedPage, page: PageRequest
@@ -278,12 +268,6 @@ class TesseractEngine:
         if proc.returncode != 0:
             raise ConfigurationError(f"{binary} {flag} exited with {proc.returncode}")
         return output.decode("utf-8", errors="replace")
-
-    def _new_pool(self) -> ProcessPoolExecutor:
-        # forkserver: forking a process that already runs threads (aiokafka, uvicorn)
-        # can deadlock, and Python 3.12 warns about it.
-        context = multiprocessing.get_context("forkserver")
-        return ProcessPoolExecutor(max_workers=self._workers, mp_context=context)
 
 
 def _describe_exit(returncode: int | None, stderr: bytes) -> str:
