@@ -90,6 +90,7 @@ class DocumentRecognizer:
         digest: str | None = None
         try:
             request = decode_request(msg)
+            check_request(request)  # a FAILED result still carries what the sender sent
             raw = await self._read_image(request)
             # hashing and decoding megabytes of scan stay off the event loop
             digest = await asyncio.to_thread(sha256_hex, raw)
@@ -115,9 +116,7 @@ class DocumentRecognizer:
         if request.image is not None:
             raw = request.image
         else:
-            uri = (
-                request.image_uri or ""
-            )  # decode_request checked that one of them is set
+            uri = request.image_uri or ""  # check_request made sure one of them is set
             raw = await asyncio.to_thread(
                 read_image_uri, uri, self._options.uri_roots, self._options.limits
             )
@@ -229,7 +228,11 @@ class DocumentRecognizer:
         completed = utc_now()
         submitted = request.submitted_at if request else None
         return OcrResult(
-            document_id=request.document_id if request else (document_id or ""),
+            document_id=(
+                request.document_id
+                if request and request.document_id.strip()
+                else (document_id or "")
+            ),
             status=status,
             completed_at=completed,
             text=FORM_FEED.join(p.text for p in pages),
@@ -258,9 +261,12 @@ def decode_request(msg: Msg) -> OcrRequest:
     if msg.value is None:
         raise UndecodableRecordError("record has no value (tombstone)")
     try:
-        request = OcrRequest.decode(msg.value)
+        return OcrRequest.decode(msg.value)
     except CodecError as exc:
         raise UndecodableRecordError(str(exc)) from exc
+
+
+def check_request(request: OcrRequest) -> None:
     if not request.document_id.strip():
         raise InvalidRequestError("document_id is empty")
     if request.content_type not in SUPPORTED_TYPES:
@@ -271,7 +277,6 @@ def decode_request(msg: Msg) -> OcrRequest:
         raise InvalidRequestError("exactly one of image and image_uri must be set")
     if request.max_tokens < 0 or not 0.0 <= request.temperature <= 2.0:
         raise InvalidRequestError("max_tokens must be >= 0 and temperature within 0..2")
-    return request
 
 
 def page_text(number: int, result: PageResult) -> PageText:
@@ -300,7 +305,11 @@ def dead_letter(
         key=msg.key,
         value=msg.value,
         headers=[RecordHeader(k, v) for k, v in (msg.headers or ())],
-        document_id=request.document_id if request else fallback_document_id(msg),
+        document_id=(
+            request.document_id
+            if request and request.document_id.strip()
+            else fallback_document_id(msg)
+        ),
         worker_id=worker_id,
     )
 

@@ -385,3 +385,21 @@ async def test_same_scan_gives_the_same_content_hash(
     second = await harness.recognize(record(request(document_id="b").encode()))
     assert first.result.content_sha256 == second.result.content_sha256
     assert first.result.content_sha256 == hashlib.sha256(png()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("fields", "document_id"),
+    [({"temperature": 5.0}, "doc-1"), ({"document_id": "  "}, "doc-1")],
+)
+async def test_invalid_request_keeps_what_the_sender_sent(
+    make_harness: Callable[..., Harness], fields: dict[str, object], document_id: str
+) -> None:
+    """A request that decodes but fails the checks still echoes its correlation."""
+    outcome = await make_harness().recognize(record(request(**fields).encode()))
+    result = outcome.result
+    assert result.error_code == "INVALID_REQUEST"
+    assert result.document_id == document_id  # the key stands in for a blank id
+    assert result.correlation_id == "acc-1"
+    assert result.source_system == "emr-test"
+    assert result.attributes == {"ward": "7"}
+    assert result.submitted_at == SUBMITTED
