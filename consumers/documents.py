@@ -8,6 +8,7 @@ a poison record or a page that cannot be read becomes a FAILED outcome.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -317,10 +318,8 @@ def dead_letter(
 def fallback_document_id(msg: Msg) -> str:
     """The record key when it is readable text, else the record's position."""
     if msg.key:
-        try:
+        with contextlib.suppress(UnicodeDecodeError):
             return str(msg.key.decode("utf-8"))
-        except UnicodeDecodeError:
-            pass
     return f"{msg.topic}-{msg.partition}-{msg.offset}"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -58,11 +59,9 @@ class WorkerProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"worker {self.name} exited: {self.log()}")
-            try:
+            with contextlib.suppress(httpx.TransportError):
                 if self.get("/ready").status_code == 200:
                     return
-            except httpx.TransportError:
-                pass
             time.sleep(0.2)
         raise AssertionError(
             f"worker {self.name} not ready in {timeout_s}s: {self.log()}"
