@@ -26,13 +26,6 @@ from consumers.errors import (
 )
 from schemas.content_types import sniff_content_type
 
-_PIL_FORMATS = {
-    "PNG": "image/png",
-    "JPEG": "image/jpeg",
-    "TIFF": "image/tiff",
-    "MPO": "image/jpeg",
-}
-
 
 @dataclass(frozen=True)
 class ImageLimits:
@@ -140,7 +133,3 @@ def _to_8bit(page: Image.Image) -> Image.Image:
         flat.paste(rgba, mask=rgba.getchannel("A"))
         return flat
     return page.convert("RGB")  # CMYK, YCbCr, palette without transparency, ...
-
-
-def pil_content_type(image: Image.Image) -> str | None:
-    return _PIL_FORMATS.get(image.format or "")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,13 +77,6 @@ def build_request(path: Path, options: RequestOptions) -> OcrRequest:
 def _head(path: Path) -> bytes:
     with path.open("rb") as scan:
         return scan.read(MAGIC_BYTES)
-
-
-def iter_requests(
-    paths: Sequence[Path], options: RequestOptions
-) -> Iterator[OcrRequest]:
-    for path in find_scans(paths):
-        yield build_request(path, options)
 
 
 class ScanPublisher:

@@ -47,6 +47,3 @@ class ResultPublisher:
             self._progress_topic, progress.encode(), key=progress.document_id.encode()
         )
         return future
-
-    async def flush(self) -> None:
-        await self._producer.flush()

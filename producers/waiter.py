@@ -6,6 +6,7 @@ it sees exactly the results produced after it started.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Collection
 
@@ -59,39 +60,35 @@ class ResultWaiter:
         missing = set(document_ids)
         deadline = time.monotonic() + timeout_s
         while missing and time.monotonic() < deadline:
-            batch = await self._consumer.getmany(timeout_ms=500)
-            for tp, msgs in batch.items():
-                for msg in msgs:
-                    if msg.value is None:
-                        continue
-                    try:
-                        if tp.topic == self._result_topic:
-                            result = OcrResult.decode(msg.value)
-                            if result.document_id in missing:
-                                missing.discard(result.document_id)
-                                on_result(result)
-                        elif on_progress is not None:
-                            progress = PageProgress.decode(msg.value)
-                            if progress.document_id in missing:
-                                on_progress(progress)
-                    except CodecError:
-                        continue  # someone else's record on the topic
+            for record in await self._poll():
+                if record.document_id not in missing:
+                    continue
+                if isinstance(record, OcrResult):
+                    missing.discard(record.document_id)
+                    on_result(record)
+                elif on_progress is not None:
+                    on_progress(record)
         return missing
 
     async def stream(self) -> AsyncIterator[OcrResult]:
-        """Every result that arrives from now on (skipping foreign records)."""
+        """Every result that arrives from now on."""
         while True:
-            batch = await self._consumer.getmany(timeout_ms=500)
-            for tp, msgs in batch.items():
-                if tp.topic != self._result_topic:
+            for record in await self._poll():
+                if isinstance(record, OcrResult):
+                    yield record
+
+    async def _poll(self) -> list[OcrResult | PageProgress]:
+        """The records of one fetch, decoded; foreign records on the topics are skipped."""
+        batch = await self._consumer.getmany(timeout_ms=500)
+        records: list[OcrResult | PageProgress] = []
+        for tp, msgs in batch.items():
+            kind = OcrResult if tp.topic == self._result_topic else PageProgress
+            for msg in msgs:
+                if msg.value is None:
                     continue
-                for msg in msgs:
-                    if msg.value is None:
-                        continue
-                    try:
-                        yield OcrResult.decode(msg.value)
-                    except CodecError:
-                        continue
+                with contextlib.suppress(CodecError):
+                    records.append(kind.decode(msg.value))
+        return records
 
     async def stop(self) -> None:
         await self._consumer.stop()
