@@ -43,21 +43,33 @@ async def wait_for_results(settings: Settings, count: int, timeout_s: float) -> 
     return seen
 
 
+async def interrupt_after_first_result(
+    settings: Settings, name: str, sig: signal.Signals
+) -> int:
+    """Start a worker, send ``sig`` once it has published a result; its exit status."""
+    worker = WorkerProcess(settings, name)
+    try:
+        worker.wait_ready()
+        assert await wait_for_results(settings, 1, 120) >= 1
+        worker.signal(sig)
+        return worker.wait(120)
+    finally:
+        worker.stop()
+
+
+def finish_in_burst(settings: Settings, name: str) -> None:
+    """A ``--burst`` worker processes what is left and exits 0."""
+    worker = WorkerProcess(settings, name, "--burst")
+    try:
+        assert worker.wait(300) == 0, worker.log()
+    finally:
+        worker.stop()
+
+
 async def test_kill_9_mid_batch_then_restart_loses_nothing(settings: Settings) -> None:
     ids = await publish_copies(settings, 3)
-    first = WorkerProcess(settings, "first")
-    try:
-        first.wait_ready()
-        assert await wait_for_results(settings, 1, 120) >= 1
-        first.signal(signal.SIGKILL)
-        first.wait()
-    finally:
-        first.stop()
-    second = WorkerProcess(settings, "second", "--burst")
-    try:
-        assert second.wait(300) == 0, second.log()
-    finally:
-        second.stop()
+    await interrupt_after_first_result(settings, "first", signal.SIGKILL)
+    finish_in_burst(settings, "second")
     outputs = await read_outputs(settings, results=len(ids))
     counts = collections.Counter(r.document_id for r in outputs.results)
     assert set(counts) == set(ids)
@@ -68,19 +80,9 @@ async def test_kill_9_mid_batch_then_restart_loses_nothing(settings: Settings) -
 
 async def test_sigterm_drains_commits_and_exits_zero(settings: Settings) -> None:
     ids = await publish_copies(settings, 3)
-    worker = WorkerProcess(settings, "drained")
-    try:
-        worker.wait_ready()
-        assert await wait_for_results(settings, 1, 120) >= 1
-        worker.signal(signal.SIGTERM)
-        assert worker.wait(120) == 0, worker.log()
-    finally:
-        worker.stop()
-    rest = WorkerProcess(settings, "rest", "--burst")
-    try:
-        assert rest.wait(300) == 0, rest.log()
-    finally:
-        rest.stop()
+    status = await interrupt_after_first_result(settings, "drained", signal.SIGTERM)
+    assert status == 0
+    finish_in_burst(settings, "rest")
     outputs = await read_outputs(settings, results=len(ids))
     counts = collections.Counter(r.document_id for r in outputs.results)
     # Everything the first worker took was finished and committed before it exited,
