@@ -209,7 +209,6 @@ class DocumentRecognizer:
             pages=[],
             error_code=exc.error_code,
             error_message=str(exc),
-            document_id=fallback_document_id(msg),
         )
         return Outcome(result, dead_letter(msg, exc, self._options.worker_id, request))
 
@@ -224,16 +223,11 @@ class DocumentRecognizer:
         pages: list[PageText],
         error_code: str | None,
         error_message: str | None,
-        document_id: str | None = None,
     ) -> OcrResult:
         completed = utc_now()
         submitted = request.submitted_at if request else None
         return OcrResult(
-            document_id=(
-                request.document_id
-                if request and request.document_id.strip()
-                else (document_id or "")
-            ),
+            document_id=document_id_of(msg, request),
             status=status,
             completed_at=completed,
             text=FORM_FEED.join(p.text for p in pages),
@@ -306,13 +300,16 @@ def dead_letter(
         key=msg.key,
         value=msg.value,
         headers=[RecordHeader(k, v) for k, v in (msg.headers or ())],
-        document_id=(
-            request.document_id
-            if request and request.document_id.strip()
-            else fallback_document_id(msg)
-        ),
+        document_id=document_id_of(msg, request),
         worker_id=worker_id,
     )
+
+
+def document_id_of(msg: Msg, request: OcrRequest | None) -> str:
+    """The request's id; without a usable one, the record key, else its position."""
+    if request is not None and request.document_id.strip():
+        return request.document_id
+    return fallback_document_id(msg)
 
 
 def fallback_document_id(msg: Msg) -> str:

@@ -12,7 +12,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from consumers.budget import PageBudget
-from consumers.documents import DocumentRecognizer, RecognizerOptions
+from consumers.documents import DocumentRecognizer, PageCallback, RecognizerOptions
 from consumers.engines import OcrEngine, build_engine
 from consumers.errors import ConfigurationError
 from consumers.images import ImageLimits
@@ -168,7 +168,7 @@ async def _consume(
         await consumer.stop()
 
 
-def _progress_sender(publisher: ResultPublisher):  # type: ignore[no-untyped-def]
+def _progress_sender(publisher: ResultPublisher) -> PageCallback:
     async def send(request: OcrRequest, page: PageText, page_count: int) -> None:
         if page_count < 2:
             return  # the result itself follows at once
