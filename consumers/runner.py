@@ -21,7 +21,12 @@ from consumers.retry import RetryPolicy
 from consumers.settings import Settings
 from consumers.sidecar import SidecarServer, build_sidecar
 from consumers.worker import LoopOptions, OcrWorker, WorkerState
-from producers.kafka import ProducerOptions, build_producer, fetch_bytes_for
+from producers.kafka import (
+    ProducerOptions,
+    build_producer,
+    fetch_bytes_for,
+    fetch_options,
+)
 from producers.results import ResultPublisher
 from schemas import OcrRequest, PageText
 from schemas.records import PageProgress, utc_now
@@ -72,7 +77,7 @@ def build_consumer(settings: Settings) -> AIOKafkaConsumer:
         group_id=settings.kafka.consumer_group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        max_partition_fetch_bytes=fetch_bytes_for(settings.limits.max_document_bytes),
+        **fetch_options(settings.limits.max_document_bytes),
         fetch_max_bytes=max(
             52_428_800, fetch_bytes_for(settings.limits.max_document_bytes)
         ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import TextIO
 
 from aiokafka import AIOKafkaConsumer
 
-from producers.kafka import ProducerOptions, Topics, build_producer, fetch_bytes_for
+from producers.kafka import ProducerOptions, Topics, build_producer, fetch_options
 from producers.publisher import RequestOptions, ScanPublisher, build_request, find_scans
 from producers.waiter import ResultWaiter
 from schemas import DocumentStatus, OcrResult, PageProgress
@@ -63,9 +64,7 @@ async def publish_command(
         consumer = AIOKafkaConsumer(
             **client_kwargs,
             enable_auto_commit=False,
-            max_partition_fetch_bytes=fetch_bytes_for(
-                producer_options.max_document_bytes
-            ),
+            **fetch_options(producer_options.max_document_bytes),
         )
         waiter = ResultWaiter(
             consumer, topics.results, topics.progress if show_progress else None
@@ -79,7 +78,9 @@ async def publish_command(
         bar = ProgressBar(len(scans), "publishing")
         deliveries = []
         for path in scans:
-            request = build_request(path, request_options)
+            # Reading megabytes of scan off the loop lets the producer send the
+            # previous record meanwhile instead of after the whole burst is read.
+            request = await asyncio.to_thread(build_request, path, request_options)
             deliveries.append(await publisher.publish(request))
             ids.append(request.document_id)
             bar.advance()

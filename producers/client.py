@@ -21,7 +21,7 @@ from types import TracebackType
 
 from aiokafka import AIOKafkaConsumer
 
-from producers.kafka import ProducerOptions, Topics, build_producer, fetch_bytes_for
+from producers.kafka import ProducerOptions, Topics, build_producer, fetch_options
 from producers.publisher import RequestOptions, ScanPublisher, build_request
 from producers.waiter import ResultWaiter
 from schemas import OcrRequest, OcrResult
@@ -40,7 +40,7 @@ class OcrClient:
             AIOKafkaConsumer(
                 **client_kwargs,
                 enable_auto_commit=False,
-                max_partition_fetch_bytes=fetch_bytes_for(options.max_document_bytes),
+                **fetch_options(options.max_document_bytes),
             ),
             topics.results,
         )

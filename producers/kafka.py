@@ -1,4 +1,4 @@
-"""The one place producer options live."""
+"""The one place Kafka client options live (producers, and what consumers fetch)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,12 @@ from aiokafka import AIOKafkaProducer
 
 # Scans are inlined up to the document cap; the envelope adds a few hundred bytes.
 ENVELOPE_BYTES = 1024 * 1024
+
+# Longest a fetch waits at the broker while there is nothing new (aiokafka: 500 ms).
+# Apache Kafka answers a waiting fetch as soon as a record arrives; a broker that wakes
+# waiting fetches on its own schedule (the embedded tansu does) adds up to this much
+# delay before the first record of a burst. An idle consumer asks 10 times a second.
+FETCH_MAX_WAIT_MS = 100
 
 
 @dataclass(frozen=True)
@@ -44,3 +50,11 @@ def build_producer(
 def fetch_bytes_for(max_document_bytes: int) -> int:
     """Consumer fetch size that always fits one inlined scan."""
     return max_document_bytes + ENVELOPE_BYTES
+
+
+def fetch_options(max_document_bytes: int) -> dict[str, object]:
+    """What every consumer of medocr topics fetches: any one record, without delay."""
+    return {
+        "max_partition_fetch_bytes": fetch_bytes_for(max_document_bytes),
+        "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
+    }
