@@ -44,6 +44,12 @@ from schemas.records import FORM_FEED, RecordHeader, utc_now
 
 log = logging.getLogger(__name__)
 
+# Scans are hashed and decoded this many at a time, first come first served. A whole
+# fetched batch decoding at once shares the cores evenly, so every page of the batch
+# would be ready late; in turns, the first pages reach the engine early (an idle GPU
+# starts on the first page it gets) and later ones follow at the same rate.
+DECODE_CONCURRENCY = 4
+
 # aiokafka ships no type information: a consumed record is typed by hand here.
 Msg: TypeAlias = ConsumerRecord
 PageCallback = Callable[[OcrRequest, PageText, int], Awaitable[None]]
@@ -63,6 +69,7 @@ class RecognizerOptions:
     default_max_tokens: int
     retry: RetryPolicy
     worker_id: str
+    decode_concurrency: int = DECODE_CONCURRENCY
 
 
 def where(msg: Msg) -> str:
@@ -83,6 +90,7 @@ class DocumentRecognizer:
         self._metrics = metrics
         self._options = options
         self._on_page = on_page
+        self._decode_turns = asyncio.Semaphore(options.decode_concurrency)
 
     async def recognize(self, msg: Msg) -> Outcome:
         """The outcome of one record; its budget reservation of one page is kept as is."""
@@ -93,9 +101,10 @@ class DocumentRecognizer:
             request = decode_request(msg)
             check_request(request)  # a FAILED result still carries what the sender sent
             raw = await self._read_image(request)
-            # hashing and decoding megabytes of scan stay off the event loop
-            digest = await asyncio.to_thread(sha256_hex, raw)
-            pages = await asyncio.to_thread(load_pages, raw, self._options.limits)
+            # hashing and decoding megabytes of scan stay off the event loop, in turns
+            async with self._decode_turns:
+                digest = await asyncio.to_thread(sha256_hex, raw)
+                pages = await asyncio.to_thread(load_pages, raw, self._options.limits)
         except PoisonRecordError as exc:
             return self._poison(msg, request, digest, exc, started)
         extra = len(pages) - 1

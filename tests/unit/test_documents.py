@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -14,11 +16,18 @@ from aiokafka.structs import ConsumerRecord
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
+from consumers import documents
 from consumers.budget import PageBudget
-from consumers.documents import DocumentRecognizer, Msg, Outcome, RecognizerOptions
+from consumers.documents import (
+    DECODE_CONCURRENCY,
+    DocumentRecognizer,
+    Msg,
+    Outcome,
+    RecognizerOptions,
+)
 from consumers.engines import PageRequest, PageResult
 from consumers.errors import EngineDeadError
-from consumers.images import ImageLimits
+from consumers.images import ImageLimits, load_pages
 from consumers.metrics import WorkerMetrics
 from consumers.retry import RetriesExhaustedError, RetryPolicy
 from schemas import DeadLetter, DocumentStatus, OcrRequest, OcrResult
@@ -156,6 +165,38 @@ async def test_good_document_is_ok(make_harness: Callable[..., Harness]) -> None
         OcrResult.decode(result.encode()).encode() == result.encode()
     )  # fits the wire
     assert harness.sample("ocr_pages_total", status="OK") == 1
+
+
+async def test_scans_are_decoded_a_few_at_a_time(
+    make_harness: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fetched batch decodes in turns (the first pages reach the engine early)."""
+    decoding, most = 0, 0
+    lock = threading.Lock()
+
+    def slow_load(raw: bytes, limits: ImageLimits) -> list[Image.Image]:
+        nonlocal decoding, most
+        with lock:
+            decoding += 1
+            most = max(most, decoding)
+        time.sleep(0.02)
+        try:
+            return load_pages(raw, limits)
+        finally:
+            with lock:
+                decoding -= 1
+
+    monkeypatch.setattr(documents, "load_pages", slow_load)
+    harness = make_harness()
+    msgs = [
+        record(request(document_id=f"doc-{i}").encode(), offset=i) for i in range(12)
+    ]
+    harness.budget.reserve(len(msgs))  # one page each, as the worker admits them
+    outcomes = await asyncio.gather(
+        *(harness.recognizer.recognize(msg) for msg in msgs)
+    )
+    assert [o.result.status for o in outcomes] == [DocumentStatus.OK] * 12
+    assert most == DECODE_CONCURRENCY < len(msgs)
 
 
 async def test_multipage_tiff_keeps_page_order_and_joins_with_form_feed(
