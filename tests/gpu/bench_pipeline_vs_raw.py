@@ -48,6 +48,7 @@ from typing import Any, TextIO
 from consumers.broker import free_port
 from consumers.settings import DEFAULT_PROMPT, VllmSettings
 from tests.gpu.doc_pages import write_pages
+from tests.gpu.sampler import Sampler
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -142,9 +143,7 @@ def raw_main(args: argparse.Namespace) -> int:
     runs = []
     for max_tokens in args.max_tokens:
         done: list[float] = []
-        clock = time.perf_counter()
-
-        clock = time.perf_counter()
+        epoch, clock = time.time(), time.perf_counter()
         bar = completion_clock(done, clock)
         outputs = llm.generate(requests(timed), sampling(max_tokens), use_tqdm=bar)
         wall = time.perf_counter() - clock
@@ -154,6 +153,7 @@ def raw_main(args: argparse.Namespace) -> int:
             )
         out_tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
         run = run_summary("raw", max_tokens, wall, done, out_tokens)
+        run["t0_epoch"] = round(epoch, 3)
         run["prompt_tokens_per_page"] = round(
             sum(len(o.prompt_token_ids) for o in outputs) / len(outputs), 1
         )
@@ -189,16 +189,32 @@ def run_raw(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     argv = [sys.executable, "-m", "tests.gpu.bench_pipeline_vs_raw", "--raw-child"]
     argv += [*sys.argv[1:], "--raw-json", str(raw_json)]
     with open(out_dir / "raw.log", "w") as raw_log:
-        rc = subprocess.run(
-            argv, stdout=raw_log, stderr=subprocess.STDOUT, timeout=args.phase_timeout
-        ).returncode
+        child = subprocess.Popen(argv, stdout=raw_log, stderr=subprocess.STDOUT)
+        sampler = Sampler(lambda: {child.pid}, args.sample_interval)
+        sampler.start()
+        try:
+            rc = child.wait(timeout=args.phase_timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            rc = child.wait()
+        finally:
+            samples = sampler.stop()
     if rc != 0 or not raw_json.exists():
         raise RuntimeError(
             f"raw vLLM run failed (exit {rc}); see {out_dir / 'raw.log'}"
         )
     result: dict[str, Any] = json.loads(raw_json.read_text())
     raw_json.unlink()
+    result["samples"] = samples_during(samples, result["runs"])
     return result
+
+
+def samples_during(
+    samples: list[dict[str, Any]], runs: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The samples taken while a timed run was going (plus one second either side)."""
+    spans = [(run["t0_epoch"] - 1, run["t0_epoch"] + run["wall_s"] + 1) for run in runs]
+    return [s for s in samples if any(a <= s["t"] <= b for a, b in spans)]
 
 
 # ------------------------------------------------------------------ pipeline
@@ -231,6 +247,7 @@ class Pipeline:
             "KAFKA_ENABLE_IDEMPOTENCE": "false",
         }
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.publisher_pid: int | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
         self.logs: list[TextIO] = []
 
@@ -302,12 +319,15 @@ class Pipeline:
         """Publish every page of ``folder`` and wait for all their results."""
         from aiokafka import AIOKafkaConsumer
 
+        from producers.kafka import ProducerOptions, fetch_options
         from producers.waiter import ResultWaiter
 
         ids = [prefix + path.stem for path in page_files(folder)]
         waiter = ResultWaiter(
             AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap, enable_auto_commit=False
+                bootstrap_servers=self.bootstrap,
+                enable_auto_commit=False,
+                **fetch_options(ProducerOptions().max_document_bytes),
             ),
             "ocr.results",
         )
@@ -324,6 +344,7 @@ class Pipeline:
             *(["--by-reference"] if self.args.by_reference else []),
             env=self.env, stdout=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
+        self.publisher_pid = publish.pid
         try:
             missing = await waiter.wait(
                 ids,
@@ -343,12 +364,40 @@ class Pipeline:
         run = run_summary(
             "pipeline", max_tokens, max(done), done, sum(r.token_count for r in results)
         )
+        run["t0_epoch"] = round(first_submit, 3)
         run["wall_from_publish_command_s"] = round(
             max(done) + first_submit - launched, 3
         )
         run["document_status"] = _count(r.status.value for r in results)
         run["page_status"] = _count(p.status for r in results for p in r.pages)
         return run
+
+    def pids(self) -> set[int]:
+        """The processes whose CPU the sampler reads: broker, workers, publisher."""
+        pids = {proc.pid for proc in self.procs}
+        if self.publisher_pid is not None:
+            pids.add(self.publisher_pid)
+        return pids
+
+    def engine_figures(self) -> dict[str, float]:
+        """The engine gauges and token counters of the first worker's sidecar."""
+        url = f"http://127.0.0.1:{self.sidecar_ports[0]}/metrics"
+        wanted = {
+            "ocr_engine_requests_running": "running",
+            "ocr_engine_requests_waiting": "waiting",
+            "ocr_engine_prompt_tokens_total": "prompt_tokens",
+            "ocr_engine_generation_tokens_total": "generation_tokens",
+        }
+        figures: dict[str, float] = {}
+        with (
+            contextlib.suppress(OSError, ValueError),
+            urllib.request.urlopen(url, timeout=1) as response,
+        ):
+            for line in response.read().decode().splitlines():
+                name, _, value = line.partition(" ")
+                if name in wanted:
+                    figures[wanted[name]] = float(value)
+        return figures
 
     def stop_workers(self) -> None:
         """SIGTERM every worker (drain, commit, exit); the broker keeps running."""
@@ -389,6 +438,8 @@ async def run_pipeline(args: argparse.Namespace, out_dir: Path) -> dict[str, Any
     pipeline = Pipeline(args, out_dir)
     warm_dir = Path(args.pages_dir) / "warm"
     timed_dir = Path(args.pages_dir) / "timed"
+    sampler = Sampler(pipeline.pids, args.sample_interval, pipeline.engine_figures)
+    runs: list[dict[str, Any]] = []
     try:
         start_s = await pipeline.start()
         log(f"pipeline worker ready in {start_s:.1f}s")
@@ -397,29 +448,40 @@ async def run_pipeline(args: argparse.Namespace, out_dir: Path) -> dict[str, Any
         log(
             f"pipeline warm-up {args.warmup} pages {time.perf_counter() - started:.1f}s"
         )
-        runs = []
+        sampler.start()
         for max_tokens in args.max_tokens:
             run = await pipeline.run(timed_dir, f"t{max_tokens}-", max_tokens)
             log("RESULT", json.dumps({k: v for k, v in run.items() if k != "done_s"}))
             runs.append(run)
     finally:
+        samples = sampler.stop()
         pipeline.stop()
-    return {"worker_ready_s": start_s, "runs": runs}
+    return {
+        "worker_ready_s": start_s,
+        "runs": runs,
+        "samples": samples_during(samples, runs),
+    }
 
 
 # ------------------------------------------------------------------ report
 
 
 def plot(results: dict[str, Any], png: Path, bin_s: float = 1.0) -> None:
-    """Pages/s over time (completions per ``bin_s``, 3-bin moving average)."""
+    """Pages/s over time (completions per ``bin_s``, 3-bin moving average), and below,
+    when the run was sampled, the GPU's utilisation and the engine's queue over time."""
     import matplotlib  # type: ignore[import-not-found,unused-ignore]
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # type: ignore[import-not-found,unused-ignore]
 
     sizes = [run["max_tokens"] for run in results["raw"]["runs"]]
-    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4), squeeze=False)
-    for ax, size in zip(axes[0], sizes, strict=True):
+    sampled = all(results[phase].get("samples") for phase in ("raw", "pipeline"))
+    rows = 2 if sampled else 1
+    fig, axes = plt.subplots(
+        rows, len(sizes), figsize=(6 * len(sizes), 4 * rows), squeeze=False
+    )
+    for column, size in enumerate(sizes):
+        ax = axes[0][column]
         for phase, style in (("raw", "-"), ("pipeline", "--")):
             run = next(r for r in results[phase]["runs"] if r["max_tokens"] == size)
             xs, rates = rate_curve(run["done_s"], bin_s)
@@ -430,10 +492,32 @@ def plot(results: dict[str, Any], png: Path, bin_s: float = 1.0) -> None:
         ax.set_ylabel("pages/s (completions, 3 s average)")
         ax.legend()
         ax.grid(alpha=0.3)
+        if sampled:
+            plot_samples(axes[1][column], results, size)
     fig.suptitle(f"raw vLLM vs medocr pipeline ({results['config']['device']})")
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
+
+
+def plot_samples(ax: Any, results: dict[str, Any], size: int) -> None:
+    """GPU utilisation of both runs, and the pipeline engine's requests, over time."""
+    queue = ax.twinx()
+    for phase, style in (("raw", "-"), ("pipeline", "--")):
+        run = next(r for r in results[phase]["runs"] if r["max_tokens"] == size)
+        start, end = run["t0_epoch"], run["t0_epoch"] + run["wall_s"]
+        samples = [s for s in results[phase]["samples"] if start - 1 <= s["t"] <= end]
+        times = [s["t"] - start for s in samples]
+        ax.plot(times, [s.get("gpu_util", 0) for s in samples], style, label=phase)
+        if phase == "pipeline":
+            held = [s.get("running", 0) + s.get("waiting", 0) for s in samples]
+            queue.plot(times, held, ":", color="grey", label="pipeline: in engine")
+    ax.set_xlabel("seconds since start")
+    ax.set_ylabel("GPU utilisation % (NVML)")
+    queue.set_ylabel("requests in the engine (running + waiting)")
+    ax.legend(loc="lower left")
+    queue.legend(loc="lower right")
+    ax.grid(alpha=0.3)
 
 
 def rate_curve(
@@ -498,13 +582,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     stamp = time.strftime("%Y%m%d-%H%M%S")
     target = out_dir / f"bench-{stamp}.json"
-    if "raw" in args.phases:
-        log("raw vLLM phase")
-        results["raw"] = run_raw(args, out_dir)
-        target.write_text(json.dumps(results, indent=1))
-    if "pipeline" in args.phases:
-        log("pipeline phase")
-        results["pipeline"] = asyncio.run(run_pipeline(args, out_dir))
+    for phase in args.phases:  # in the order given: e.g. pipeline first
+        log(f"{phase} phase")
+        if phase == "raw":
+            results["raw"] = run_raw(args, out_dir)
+        else:
+            results["pipeline"] = asyncio.run(run_pipeline(args, out_dir))
         target.write_text(json.dumps(results, indent=1))
     if "raw" not in results or "pipeline" not in results:
         log(f"results in {target}")
@@ -529,7 +612,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--tensor-parallel-size", type=int, default=1)
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--out-dir", default=str(RESULTS))
-    parser.add_argument("--phases", nargs="+", default=["raw", "pipeline"])
+    parser.add_argument(
+        "--phases",
+        nargs="+",
+        choices=["raw", "pipeline"],
+        default=["raw", "pipeline"],
+        help="phases to run, in this order",
+    )
     parser.add_argument("--plot-only", default="", help="redraw the PNG of a JSON file")
     parser.add_argument("--raw-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--raw-json", default="", help=argparse.SUPPRESS)
@@ -557,6 +646,12 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
         help="publish file:// URIs instead of inlining each page's bytes in Kafka",
     )
     parser.add_argument("--phase-timeout", type=float, default=420.0)
+    parser.add_argument(
+        "--sample-interval",
+        type=float,
+        default=0.25,
+        help="seconds between GPU/CPU samples (kept for the timed runs only)",
+    )
     parser.add_argument(
         "--engine", default="vllm", help="tesseract: debug the Kafka part"
     )
