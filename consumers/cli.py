@@ -129,7 +129,6 @@ async def _worker(args: argparse.Namespace, settings: Settings) -> int:
 async def _publish(args: argparse.Namespace, settings: Settings) -> int:
     from consumers.runner import producer_options
     from producers.cli import publish_command
-    from producers.kafka import Topics
     from producers.publisher import RequestOptions
 
     kafka = settings.kafka
@@ -137,7 +136,7 @@ async def _publish(args: argparse.Namespace, settings: Settings) -> int:
         args.paths,
         client_kwargs=kafka.client_kwargs(),
         producer_options=producer_options(settings),
-        topics=Topics(kafka.input_topic, kafka.result_topic, kafka.progress_topic),
+        topics=kafka.topics(),
         request_options=RequestOptions(
             prompt=args.prompt,
             max_tokens=args.max_tokens,

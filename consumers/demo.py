@@ -17,7 +17,6 @@ from consumers.broker import EmbeddedBroker, ensure_topics, free_port
 from consumers.cer import micro_cer, score_page
 from consumers.runner import producer_options, run_worker
 from consumers.settings import Settings
-from producers.kafka import Topics
 from producers.publisher import RequestOptions
 from schemas import DocumentStatus, OcrResult
 
@@ -94,9 +93,7 @@ async def run_demo(settings: Settings) -> int:
                 [*scans, corrupt],
                 client_kwargs=kafka.client_kwargs(),
                 producer_options=producer_options(settings),
-                topics=Topics(
-                    kafka.input_topic, kafka.result_topic, kafka.progress_topic
-                ),
+                topics=kafka.topics(),
                 request_options=RequestOptions(source_system="medocr-demo"),
                 wait=True,
                 timeout_s=600,

@@ -8,10 +8,13 @@ deploy files may only set names that appear here (a test checks both).
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from producers.kafka import Topics
 
 DEFAULT_PROMPT = "이 의료 문서의 모든 텍스트를 정확하게 추출하라."
 
@@ -59,6 +62,12 @@ class KafkaSettings(_Group):
         "medocr-workers", validation_alias=_env("OCR_CONSUMER_GROUP")
     )
     partitions: int = Field(6, ge=1, validation_alias=_env("OCR_TOPIC_PARTITIONS"))
+
+    def topics(self) -> Topics:
+        """The request, result and progress topics, as senders and waiters need them."""
+        from producers.kafka import Topics
+
+        return Topics(self.input_topic, self.result_topic, self.progress_topic)
 
     def client_kwargs(self) -> dict[str, object]:
         """Connection and security options shared by every aiokafka client."""

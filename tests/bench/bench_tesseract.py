@@ -153,7 +153,6 @@ async def run_pipeline(cases: Sequence[DocumentCase], settings: Settings) -> Run
     from consumers.demo import demo_settings
     from consumers.runner import producer_options, run_worker
     from producers.cli import publish_command
-    from producers.kafka import Topics
     from producers.publisher import RequestOptions
 
     results: dict[str, OcrResult] = {}
@@ -175,9 +174,7 @@ async def run_pipeline(cases: Sequence[DocumentCase], settings: Settings) -> Run
                 [case.path for case in cases],
                 client_kwargs=kafka.client_kwargs(),
                 producer_options=producer_options(settings),
-                topics=Topics(
-                    kafka.input_topic, kafka.result_topic, kafka.progress_topic
-                ),
+                topics=kafka.topics(),
                 request_options=RequestOptions(source_system="medocr-bench"),
                 wait=True,
                 timeout_s=3600,

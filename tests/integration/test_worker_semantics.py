@@ -15,7 +15,6 @@ from PIL import Image
 from consumers.runner import producer_options, run_worker
 from consumers.settings import Settings
 from producers.client import OcrClient
-from producers.kafka import Topics
 from schemas import OcrRequest
 from schemas.records import utc_now
 from tests.support.engines import FakeEngine
@@ -166,7 +165,7 @@ async def test_python_client_awaits_each_result(
         scans.append(scan)
     engine = FakeEngine(slow={"alpha": 0.5})  # the first one answers last
     kafka = settings.kafka
-    topics = Topics(kafka.input_topic, kafka.result_topic, kafka.progress_topic)
+    topics = kafka.topics()
     async with (
         running_worker(settings, engine),
         OcrClient(kafka.client_kwargs(), topics, producer_options(settings)) as client,
