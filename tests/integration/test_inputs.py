@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ from schemas import OcrRequest
 from schemas.records import utc_now
 from tests.support.cer import SAMPLES_DIR, load_manifest, micro_cer, score_page
 from tests.support.kafka import publish_raw, publish_requests, read_outputs
+from tests.support.scans import encode, png_claiming
 
 pytestmark = [pytest.mark.integration, pytest.mark.tesseract]
 
@@ -37,32 +36,6 @@ def request(
     )  # type: ignore[arg-type]
 
 
-def encoded(image: Image.Image, fmt: str, **save: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **save)
-    return buffer.getvalue()
-
-
-def png_bomb(width: int, height: int) -> bytes:
-    """A valid PNG header that claims a huge size, with next to no data."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(body))
-            + kind
-            + body
-            + struct.pack(">I", zlib.crc32(kind + body))
-        )
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\x00" * 100))
-        + chunk(b"IEND", b"")
-    )
-
-
 def variants_of(scan: Path) -> dict[str, OcrRequest]:
     """Inputs a scanner really produces that must be converted, not rejected."""
     page = Image.open(scan).convert("RGB")
@@ -72,13 +45,13 @@ def variants_of(scan: Path) -> dict[str, OcrRequest]:
     gray16 = Image.fromarray(np.asarray(page.convert("L"), dtype=np.uint16) * 257)
     return {
         "cmyk-jpeg": request(
-            "cmyk-jpeg", encoded(page.convert("CMYK"), "JPEG"), "image/jpeg"
+            "cmyk-jpeg", encode(page.convert("CMYK"), "JPEG"), "image/jpeg"
         ),
-        "gray16-png": request("gray16-png", encoded(gray16, "PNG")),
-        "palette-png": request("palette-png", encoded(page.convert("P"), "PNG")),
+        "gray16-png": request("gray16-png", encode(gray16, "PNG")),
+        "palette-png": request("palette-png", encode(page.convert("P"), "PNG")),
         "exif-rotated-jpeg": request(
             "exif-rotated-jpeg",
-            encoded(rotated, "JPEG", exif=exif.tobytes()),
+            encode(rotated, "JPEG", exif=exif.tobytes()),
             "image/jpeg",
         ),
     }
@@ -88,7 +61,7 @@ def bad_inputs(scan: bytes, limits_pages: int) -> dict[str, tuple[OcrRequest, st
     tiff_pages = [Image.new("L", (200, 100), 255) for _ in range(limits_pages + 1)]
     many = io.BytesIO()
     tiff_pages[0].save(many, "TIFF", save_all=True, append_images=tiff_pages[1:])
-    jpeg = encoded(Image.open(io.BytesIO(scan)).convert("RGB"), "JPEG")
+    jpeg = encode(Image.open(io.BytesIO(scan)).convert("RGB"), "JPEG")
     return {
         "zero-bytes": (request("zero-bytes", b""), "EMPTY_DOCUMENT"),
         "not-an-image": (
@@ -107,7 +80,10 @@ def bad_inputs(scan: bytes, limits_pages: int) -> dict[str, tuple[OcrRequest, st
             request("oversized", os.urandom(64) + scan * 40),
             "DOCUMENT_TOO_LARGE",
         ),
-        "pixel-bomb": (request("pixel-bomb", png_bomb(60_000, 60_000)), "PIXEL_LIMIT"),
+        "pixel-bomb": (
+            request("pixel-bomb", png_claiming(60_000, 60_000)),
+            "PIXEL_LIMIT",
+        ),
         "too-many-pages": (
             request("too-many-pages", many.getvalue(), "image/tiff"),
             "TOO_MANY_PAGES",

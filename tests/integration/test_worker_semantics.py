@@ -19,6 +19,7 @@ from schemas import OcrRequest
 from schemas.records import utc_now
 from tests.support.engines import FakeEngine
 from tests.support.kafka import publish_raw, publish_requests, read_outputs
+from tests.support.scans import multipage_tiff
 
 pytestmark = pytest.mark.integration
 
@@ -130,14 +131,11 @@ async def test_dead_engine_stops_the_worker_and_commits_nothing(
 
 
 async def test_bad_page_fails_alone_and_is_dead_lettered(settings: Settings) -> None:
-    buffer = io.BytesIO()
-    frames = [Image.new("L", (64, 32 + i), 255) for i in range(3)]
-    frames[0].save(buffer, "TIFF", save_all=True, append_images=frames[1:])
     request = OcrRequest(
         document_id="three-pages",
         content_type="image/tiff",
         submitted_at=utc_now(),
-        image=buffer.getvalue(),
+        image=multipage_tiff([(64, 32 + i) for i in range(3)]),
     )
     await publish_requests(settings, [request, png_request("neighbour")])
     engine = FakeEngine(bad_pages={("three-pages", 2)})

@@ -32,6 +32,7 @@ from consumers.metrics import WorkerMetrics
 from consumers.retry import RetriesExhaustedError, RetryPolicy
 from schemas import DeadLetter, DocumentStatus, OcrRequest, OcrResult
 from tests.support.engines import FakeEngine
+from tests.support.scans import multipage_tiff
 
 SUBMITTED = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
 FAST_RETRY = RetryPolicy(attempts=3, base_s=0.001, max_s=0.002)
@@ -47,13 +48,6 @@ def truncated_png() -> bytes:
     out = io.BytesIO()
     Image.effect_noise((64, 64), 64).save(out, "PNG")
     return out.getvalue()[:-300]
-
-
-def tiff(sizes: list[tuple[int, int]]) -> bytes:
-    frames = [Image.new("L", size, 255) for size in sizes]
-    out = io.BytesIO()
-    frames[0].save(out, "TIFF", save_all=True, append_images=frames[1:])
-    return out.getvalue()
 
 
 def request(**fields: object) -> OcrRequest:
@@ -216,7 +210,7 @@ async def test_multipage_tiff_keeps_page_order_and_joins_with_form_feed(
 
     engine = BackwardsEngine()
     harness = make_harness(engine)
-    req = request(image=tiff(sizes), content_type="image/tiff")
+    req = request(image=multipage_tiff(sizes), content_type="image/tiff")
     result = (await harness.recognize(record(req.encode()))).result
     assert result.status is DocumentStatus.OK
     assert [p.page_number for p in result.pages] == [1, 2, 3]
@@ -238,7 +232,7 @@ async def test_multipage_document_reserves_its_extra_pages_while_running(
             return await super().recognize(page)
 
     harness = make_harness(WatchingEngine())
-    req = request(image=tiff([(10, 10)] * 4), content_type="image/tiff")
+    req = request(image=multipage_tiff([(10, 10)] * 4), content_type="image/tiff")
     await harness.recognize(record(req.encode()))
     assert seen == [4, 4, 4, 4]
 
@@ -338,7 +332,9 @@ async def test_content_type_mismatch_names_both_types(
 async def test_a_bad_page_fails_alone(make_harness: Callable[..., Harness]) -> None:
     engine = FakeEngine(bad_pages={("doc-1", 2)})
     harness = make_harness(engine)
-    req = request(image=tiff([(10, 10), (11, 10), (12, 10)]), content_type="image/tiff")
+    req = request(
+        image=multipage_tiff([(10, 10), (11, 10), (12, 10)]), content_type="image/tiff"
+    )
     value = req.encode()
     outcome = await harness.recognize(record(value))
     result = outcome.result
@@ -395,7 +391,7 @@ async def test_dead_engine_on_a_multipage_document_releases_the_budget(
     make_harness: Callable[..., Harness],
 ) -> None:
     harness = make_harness(FakeEngine(dead_on={"doc-1"}))
-    req = request(image=tiff([(10, 10)] * 3), content_type="image/tiff")
+    req = request(image=multipage_tiff([(10, 10)] * 3), content_type="image/tiff")
     with pytest.raises(EngineDeadError):
         await harness.recognize(record(req.encode()))
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import random
-import struct
-import zlib
 from pathlib import Path
 from typing import cast
 
@@ -24,14 +22,9 @@ from consumers.errors import (
 )
 from consumers.images import ImageLimits, load_pages, read_image_uri
 from schemas.content_types import sniff_content_type
+from tests.support.scans import encode, multipage_tiff, png_claiming
 
 LIMITS = ImageLimits()
-
-
-def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
-    out = io.BytesIO()
-    image.save(out, fmt, **options)
-    return out.getvalue()
 
 
 def noise(width: int = 120, height: int = 90, seed: int = 0) -> Image.Image:
@@ -39,32 +32,6 @@ def noise(width: int = 120, height: int = 90, seed: int = 0) -> Image.Image:
     rng = random.Random(seed)
     pixels = bytes(rng.randrange(256) for _ in range(width * height))
     return Image.frombytes("L", (width, height), pixels)
-
-
-def multipage_tiff(sizes: list[tuple[int, int]], **options: object) -> bytes:
-    frames = [Image.new("L", size, 255) for size in sizes]
-    return encode(frames[0], "TIFF", save_all=True, append_images=frames[1:], **options)
-
-
-def png_chunk(kind: bytes, body: bytes) -> bytes:
-    return (
-        struct.pack(">I", len(body))
-        + kind
-        + body
-        + struct.pack(">I", zlib.crc32(kind + body))
-    )
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A valid tiny PNG whose header claims ``width`` x ``height`` 8-bit gray pixels."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 64)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + png_chunk(b"IHDR", ihdr)
-        + png_chunk(b"IDAT", idat)
-        + png_chunk(b"IEND", b"")
-    )
 
 
 def good_png() -> bytes:
