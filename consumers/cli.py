@@ -102,12 +102,7 @@ async def _broker(args: argparse.Namespace, settings: Settings) -> int:
         kafka = settings.kafka
         await ensure_topics(
             {"bootstrap_servers": embedded.bootstrap_servers},
-            [
-                kafka.input_topic,
-                kafka.result_topic,
-                kafka.dlq_topic,
-                kafka.progress_topic,
-            ],
+            kafka.all_topics(),
             args.partitions or kafka.partitions,
         )
         print(f"broker ready on {embedded.bootstrap_servers}", flush=True)

@@ -65,12 +65,7 @@ async def run_demo(settings: Settings) -> int:
         kafka = settings.kafka
         await ensure_topics(
             kafka.client_kwargs(),
-            [
-                kafka.input_topic,
-                kafka.result_topic,
-                kafka.dlq_topic,
-                kafka.progress_topic,
-            ],
+            kafka.all_topics(),
             kafka.partitions,
         )
         scans = sample_scans()

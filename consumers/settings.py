@@ -69,6 +69,15 @@ class KafkaSettings(_Group):
 
         return Topics(self.input_topic, self.result_topic, self.progress_topic)
 
+    def all_topics(self) -> list[str]:
+        """Every topic the pipeline reads or writes (what a broker must have)."""
+        return [
+            self.input_topic,
+            self.result_topic,
+            self.dlq_topic,
+            self.progress_topic,
+        ]
+
     def client_kwargs(self) -> dict[str, object]:
         """Connection and security options shared by every aiokafka client."""
         kwargs: dict[str, object] = {

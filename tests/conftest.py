@@ -84,7 +84,7 @@ async def settings(bootstrap_servers: str, idempotence: bool) -> Settings:
     )
     await ensure_topics(
         kafka.client_kwargs(),
-        [kafka.input_topic, kafka.result_topic, kafka.dlq_topic, kafka.progress_topic],
+        kafka.all_topics(),
         kafka.partitions,
     )
     return settings

@@ -159,10 +159,7 @@ async def run_pipeline(cases: Sequence[DocumentCase], settings: Settings) -> Run
     with EmbeddedBroker() as broker:
         settings = demo_settings(settings, broker.bootstrap_servers)
         kafka = settings.kafka
-        names = [kafka.input_topic, kafka.result_topic, kafka.dlq_topic]
-        await ensure_topics(
-            kafka.client_kwargs(), [*names, kafka.progress_topic], kafka.partitions
-        )
+        await ensure_topics(kafka.client_kwargs(), kafka.all_topics(), kafka.partitions)
         stop = asyncio.Event()
         worker = asyncio.create_task(run_worker(settings, stop))
         try:
