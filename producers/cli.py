@@ -8,9 +8,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from aiokafka import AIOKafkaConsumer
-
-from producers.kafka import ProducerOptions, Topics, build_producer, fetch_options
+from producers.kafka import (
+    ProducerOptions,
+    Topics,
+    build_producer,
+    build_waiter_consumer,
+)
 from producers.publisher import RequestOptions, ScanPublisher, build_request, find_scans
 from producers.waiter import ResultWaiter
 from schemas import DocumentStatus, OcrResult, PageProgress
@@ -61,13 +64,10 @@ async def publish_command(
         return 2
     waiter = None
     if wait:
-        consumer = AIOKafkaConsumer(
-            **client_kwargs,
-            enable_auto_commit=False,
-            **fetch_options(producer_options.max_document_bytes),
-        )
         waiter = ResultWaiter(
-            consumer, topics.results, topics.progress if show_progress else None
+            build_waiter_consumer(client_kwargs, producer_options),
+            topics.results,
+            topics.progress if show_progress else None,
         )
         await waiter.start()
     producer = build_producer(client_kwargs, producer_options)

@@ -19,9 +19,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
-from aiokafka import AIOKafkaConsumer
-
-from producers.kafka import ProducerOptions, Topics, build_producer, fetch_options
+from producers.kafka import (
+    ProducerOptions,
+    Topics,
+    build_producer,
+    build_waiter_consumer,
+)
 from producers.publisher import RequestOptions, ScanPublisher, build_request
 from producers.waiter import ResultWaiter
 from schemas import OcrRequest, OcrResult
@@ -37,12 +40,7 @@ class OcrClient:
         options = producer_options or ProducerOptions()
         self._producer = build_producer(client_kwargs, options)
         self._waiter = ResultWaiter(
-            AIOKafkaConsumer(
-                **client_kwargs,
-                enable_auto_commit=False,
-                **fetch_options(options.max_document_bytes),
-            ),
-            topics.results,
+            build_waiter_consumer(client_kwargs, options), topics.results
         )
         self._publisher = ScanPublisher(self._producer, topics.requests)
         self._pending: dict[str, asyncio.Future[OcrResult]] = {}

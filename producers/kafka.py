@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 # Scans are inlined up to the document cap; the envelope adds a few hundred bytes.
 ENVELOPE_BYTES = 1024 * 1024
@@ -58,3 +58,14 @@ def fetch_options(max_document_bytes: int) -> dict[str, object]:
         "max_partition_fetch_bytes": fetch_bytes_for(max_document_bytes),
         "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
     }
+
+
+def build_waiter_consumer(
+    client_kwargs: Mapping[str, object], options: ProducerOptions
+) -> AIOKafkaConsumer:
+    """A consumer without a group for a sender reading its answers (``ResultWaiter``)."""
+    return AIOKafkaConsumer(
+        **client_kwargs,
+        enable_auto_commit=False,
+        **fetch_options(options.max_document_bytes),
+    )

@@ -317,17 +317,13 @@ class Pipeline:
 
     async def run(self, folder: Path, prefix: str, max_tokens: int) -> dict[str, Any]:
         """Publish every page of ``folder`` and wait for all their results."""
-        from aiokafka import AIOKafkaConsumer
-
-        from producers.kafka import ProducerOptions, fetch_options
+        from producers.kafka import ProducerOptions, build_waiter_consumer
         from producers.waiter import ResultWaiter
 
         ids = [prefix + path.stem for path in page_files(folder)]
         waiter = ResultWaiter(
-            AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap,
-                enable_auto_commit=False,
-                **fetch_options(ProducerOptions().max_document_bytes),
+            build_waiter_consumer(
+                {"bootstrap_servers": self.bootstrap}, ProducerOptions()
             ),
             "ocr.results",
         )
