@@ -3,7 +3,7 @@
 At most ``worker_count()`` tesseract processes run at once, each limited to one OpenMP
 thread, so the processes share the cores instead of oversubscribing them. The page is
 prepared (gray, red stamps dropped, low-resolution scans cleaned and enlarged) in a
-process pool so the event loop never does pixel work, and reaches tesseract on stdin as
+thread pool so the event loop never does pixel work, and reaches tesseract on stdin as
 an uncompressed PGM.
 """
 
@@ -57,7 +57,7 @@ class PreparedPage:
 def prepare_page(
     image: Image.Image, preprocess: bool, low_res_scale: float = 1.0
 ) -> PreparedPage:
-    """The page as the PGM bytes tesseract reads on stdin (runs in the process pool)."""
+    """The page as the PGM bytes tesseract reads on stdin (runs in the thread pool)."""
     gray = _to_gray(image) if preprocess else image.convert("L")
     dpi = _dpi(image)
     if preprocess and _is_low_resolution(gray, dpi):

@@ -104,7 +104,7 @@ class AsyncLlmClient:
     """``VllmClient`` over ``AsyncLLM``; build it with ``connect``."""
 
     def __init__(
-        self, engine: AsyncLLM, template: str, tokenizer: Any, gpus_needed: int = 1
+        self, engine: AsyncLLM, template: str, tokenizer: Any, gpus_needed: int
     ) -> None:
         self._engine = engine
         self._template = template

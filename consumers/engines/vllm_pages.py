@@ -171,7 +171,7 @@ class VllmPageEngine:
         settings = self._settings
         size = fit_pixels(840, 1176, settings.min_pixels, settings.max_pixels)
         blank = Image.new("RGB", size, (255, 255, 255))
-        plan = SamplingPlan(temperature=0.0, top_p=1.0, max_tokens=WARM_UP_TOKENS)
+        plan = plan_sampling(0.0, 0, WARM_UP_TOKENS)
         started = time.perf_counter()
         await client.generate(GenerationRequest(chat_text, blank, plan))
         log.info("vllm engine warm-up page took %.1fs", time.perf_counter() - started)
@@ -228,7 +228,7 @@ class VllmPageEngine:
             generation = await client.generate(
                 GenerationRequest(chat_text, image, plan)
             )
-            attempts += 1
+            attempts = attempt + 1
             status = judge_page(generation.text, generation.finish_reason)
             if best is None or status_rank(status) < status_rank(best[0]):
                 best = (status, generation)

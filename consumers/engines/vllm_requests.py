@@ -166,7 +166,7 @@ def require_gpus(tensor_parallel_size: int, visible_gpus: int) -> None:
     Without this, vLLM falls back to Ray for a world larger than the visible GPUs and
     fails with a message about multi-node inference.
     """
-    if visible_gpus < tensor_parallel_size:
+    if not gpus_suffice(tensor_parallel_size, visible_gpus):
         raise ConfigurationError(
             f"TENSOR_PARALLEL_SIZE={tensor_parallel_size} needs "
             f"{tensor_parallel_size} GPUs but this process sees {visible_gpus} "
