@@ -17,10 +17,8 @@ from consumers.broker import EmbeddedBroker, ensure_topics, free_port
 from consumers.cer import micro_cer, score_page
 from consumers.runner import producer_options, run_worker
 from consumers.settings import Settings
-from producers.publisher import RequestOptions
+from producers.publisher import RequestOptions, find_scans
 from schemas import DocumentStatus, OcrResult
-
-SAMPLE_SUFFIXES = (".png", ".jpg", ".tif")
 
 
 def samples_folder() -> Path:
@@ -28,7 +26,8 @@ def samples_folder() -> Path:
 
 
 def sample_scans() -> list[Path]:
-    return sorted(p for p in samples_folder().iterdir() if p.suffix in SAMPLE_SUFFIXES)
+    """The bundled sample scans, sorted."""
+    return find_scans([samples_folder()])
 
 
 def sample_truth() -> dict[str, list[str]]:
@@ -118,7 +117,7 @@ def _summary(results: list[OcrResult], elapsed_s: float, status: int) -> int:
             scores = [
                 score_page(text, reference)
                 for text, reference in zip(
-                    result.text.split("\f"), reference_pages, strict=False
+                    (page.text for page in result.pages), reference_pages, strict=False
                 )
             ]
             print(

@@ -23,12 +23,13 @@ import pytest
 import yaml
 
 from consumers.broker import free_port
+from consumers.demo import sample_scans
 from tests.deploy.tools import DEPLOY, REPO
 
 pytestmark = [pytest.mark.deploy, pytest.mark.tesseract]
 
 SAMPLES = REPO / "producers" / "samples"
-SCANS = sorted(p for p in SAMPLES.iterdir() if p.suffix in (".png", ".jpg", ".tif"))
+SCANS = sample_scans()
 MEDOCR = [sys.executable, "-m", "consumers"]
 
 

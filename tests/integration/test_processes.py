@@ -9,9 +9,9 @@ import time
 
 import pytest
 
+from consumers.demo import sample_scans
 from consumers.settings import Settings
 from producers.publisher import RequestOptions, build_request
-from tests.support.cer import SAMPLES_DIR
 from tests.support.kafka import publish_requests, read_outputs
 from tests.support.workers import WorkerProcess
 
@@ -20,9 +20,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.tesseract]
 
 async def publish_copies(settings: Settings, copies: int) -> list[str]:
     """``copies`` rounds of the bundled samples under distinct document ids."""
-    scans = sorted(
-        p for p in SAMPLES_DIR.iterdir() if p.suffix in (".png", ".jpg", ".tif")
-    )
+    scans = sample_scans()
     requests = [
         build_request(scan, RequestOptions(id_prefix=f"c{n}-"))
         for n in range(copies)

@@ -1,23 +1,21 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 
+from consumers.demo import sample_scans
 from consumers.runner import run_worker
 from consumers.settings import Settings
 from producers.publisher import RequestOptions, build_request
 from tests.support.engines import FakeEngine
 from tests.support.kafka import publish_requests, read_outputs
 
-SAMPLES = Path(__file__).parents[2] / "producers" / "samples"
-
 pytestmark = pytest.mark.integration
 
 
 async def test_samples_flow_through_with_fake_engine(settings: Settings) -> None:
-    scans = sorted(p for p in SAMPLES.iterdir() if p.suffix in (".png", ".jpg", ".tif"))
+    scans = sample_scans()
     await publish_requests(
         settings, [build_request(p, RequestOptions()) for p in scans]
     )
