@@ -51,7 +51,7 @@ class PageScore:
 
     @property
     def cer(self) -> float:
-        return _rate(self.distance, self.reference_chars, self.distance > 0)
+        return _rate(self.distance, self.reference_chars)
 
 
 def score_page(hypothesis: str, reference: str) -> PageScore:
@@ -70,10 +70,10 @@ def micro_cer(scores: Iterable[PageScore]) -> float:
     for score in scores:
         distance += score.distance
         reference += score.reference_chars
-    return _rate(distance, reference, distance > 0)
+    return _rate(distance, reference)
 
 
-def _rate(distance: int, reference_chars: int, any_error: bool) -> float:
-    if reference_chars == 0:
-        return 1.0 if any_error else 0.0
+def _rate(distance: int, reference_chars: int) -> float:
+    if reference_chars == 0:  # nothing to read: any character read is all wrong
+        return 1.0 if distance > 0 else 0.0
     return distance / reference_chars

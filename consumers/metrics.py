@@ -15,7 +15,6 @@ _BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry, engine: str) -> None:
-        self.registry = registry
         self.records = Counter(
             "ocr_records",
             "Consumed records by outcome (ok, failed).",
