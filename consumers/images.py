@@ -109,8 +109,7 @@ def normalize_page(frame: Image.Image, max_side_px: int) -> Image.Image:
     """Upright, 8-bit gray or RGB, long side at most ``max_side_px``."""
     page = ImageOps.exif_transpose(frame) or frame
     page = _to_8bit(page)
-    if max(page.size) > max_side_px:
-        page = page.copy()
+    if max(page.size) > max_side_px:  # _to_8bit's page is a copy: shrink it in place
         page.thumbnail((max_side_px, max_side_px), Image.Resampling.LANCZOS)
     return page
 
