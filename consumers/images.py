@@ -110,8 +110,17 @@ def normalize_page(frame: Image.Image, max_side_px: int) -> Image.Image:
     page = ImageOps.exif_transpose(frame) or frame
     page = _to_8bit(page)
     if max(page.size) > max_side_px:  # _to_8bit's page is a copy: shrink it in place
+        width = page.width
         page.thumbnail((max_side_px, max_side_px), Image.Resampling.LANCZOS)
+        _scale_dpi(page, page.width / width)
     return page
+
+
+def _scale_dpi(page: Image.Image, factor: float) -> None:
+    """A shrunk page keeps its paper size: its resolution shrinks with it."""
+    dpi = page.info.get("dpi")
+    if isinstance(dpi, tuple) and all(isinstance(v, int | float) for v in dpi):
+        page.info["dpi"] = tuple(float(v) * factor for v in dpi)
 
 
 def _to_8bit(page: Image.Image) -> Image.Image:

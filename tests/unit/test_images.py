@@ -342,3 +342,13 @@ def test_read_image_uri_refusals(
         read_image_uri(
             uri.format(root=root), tuple(r.format(root=root) for r in roots), limits
         )
+
+
+def test_a_shrunk_page_reports_its_resolution_shrunk_too() -> None:
+    """Tesseract reads the page's dpi: after the 4096 px cap it is the new one."""
+    raw = encode(Image.new("L", (5000, 7000), 255), "PNG", dpi=(600, 600))
+    (page,) = load_pages(raw, LIMITS)
+    assert page.size == (2926, 4096)
+    dpi = page.info["dpi"]
+    assert dpi[0] == pytest.approx(600 * 2926 / 5000, rel=1e-3)
+    assert dpi[1] == pytest.approx(600 * 2926 / 5000, rel=1e-3)
