@@ -57,8 +57,7 @@ def build_sidecar(
                 detail="missing or wrong bearer token",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        engine = state.engine.health()
-        metrics.engine_up.set(1 if engine.loaded and not state.failure else 0)
+        metrics.engine_up.set(1 if state.healthy() else 0)
         metrics.ready.set(1 if state.ready() else 0)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -58,9 +58,12 @@ class WorkerState:
     failure: str | None = None
     stopping: bool = False
 
+    def healthy(self) -> bool:
+        """The engine is loaded and nothing fatal has happened."""
+        return self.engine.health().loaded and self.failure is None
+
     def ready(self) -> bool:
-        healthy = self.engine.health().loaded and self.failure is None
-        return healthy and self.joined and not self.stopping
+        return self.healthy() and self.joined and not self.stopping
 
 
 @dataclass
