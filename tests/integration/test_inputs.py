@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import os
 from pathlib import Path
@@ -11,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from consumers.runner import run_worker
 from consumers.settings import Settings
 from schemas import OcrRequest
 from schemas.records import utc_now
 from tests.support.cer import SAMPLES_DIR, load_manifest, micro_cer, score_page
 from tests.support.kafka import publish_raw, publish_requests, read_outputs
 from tests.support.scans import encode, png_claiming
+from tests.support.workers import run_burst
 
 pytestmark = [pytest.mark.integration, pytest.mark.tesseract]
 
@@ -120,7 +119,7 @@ async def test_bad_inputs_fail_clearly_while_good_ones_succeed(
         settings, [(b"garbage", b"\x00\x01 not avro"), (b"tombstone", None)]
     )
     await publish_requests(settings, ordered[-1:])
-    await asyncio.wait_for(run_worker(settings, asyncio.Event(), burst=True), 300)
+    await run_burst(settings, timeout_s=300)
 
     outputs = await read_outputs(
         settings, results=len(bad) + len(good) + 2, dead_letters=len(bad) + 2
@@ -150,7 +149,7 @@ async def test_dataset_documents_get_real_text(settings: Settings) -> None:
     await publish_requests(
         settings, [build_request(case.path, RequestOptions()) for case in cases]
     )
-    await asyncio.wait_for(run_worker(settings, asyncio.Event(), burst=True), 900)
+    await run_burst(settings, timeout_s=900)
     outputs = await read_outputs(settings, results=len(cases))
     results = outputs.by_id()
     scores = []

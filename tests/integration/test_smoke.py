@@ -1,15 +1,13 @@
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from consumers.demo import sample_scans
-from consumers.runner import run_worker
 from consumers.settings import Settings
 from producers.publisher import RequestOptions, build_request
 from tests.support.engines import FakeEngine
 from tests.support.kafka import publish_requests, read_outputs
+from tests.support.workers import run_burst
 
 pytestmark = pytest.mark.integration
 
@@ -20,9 +18,7 @@ async def test_samples_flow_through_with_fake_engine(settings: Settings) -> None
         settings, [build_request(p, RequestOptions()) for p in scans]
     )
     engine = FakeEngine()
-    await asyncio.wait_for(
-        run_worker(settings, asyncio.Event(), burst=True, engine=engine), 60
-    )
+    await run_burst(settings, engine)
     outputs = await read_outputs(settings, len(scans))
     assert {r.document_id for r in outputs.results} == {p.stem for p in scans}
     assert all(r.status.value == "OK" for r in outputs.results)

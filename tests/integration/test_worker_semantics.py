@@ -20,6 +20,7 @@ from schemas.records import utc_now
 from tests.support.engines import FakeEngine
 from tests.support.kafka import publish_raw, publish_requests, read_outputs
 from tests.support.scans import multipage_tiff
+from tests.support.workers import run_burst
 
 pytestmark = pytest.mark.integration
 
@@ -92,9 +93,7 @@ async def test_inflight_pages_stay_within_the_budget(settings: Settings) -> None
     """With room for two pages, the engine never sees more than two at once."""
     await publish_requests(settings, [png_request(f"doc-{i}") for i in range(12)])
     engine = FakeEngine(delay_s=0.05, capacity_pages=2)
-    await asyncio.wait_for(
-        run_worker(settings, asyncio.Event(), burst=True, engine=engine), 60
-    )
+    await run_burst(settings, engine)
     outputs = await read_outputs(settings, results=12)
     assert len({r.document_id for r in outputs.results}) == 12
     assert engine.max_concurrent <= 2
@@ -104,9 +103,7 @@ async def test_transient_failures_are_retried_then_succeed(settings: Settings) -
     await publish_requests(settings, [png_request("flaky"), png_request("steady")])
     engine = FakeEngine()
     engine.transient_failures["flaky"] = 2
-    await asyncio.wait_for(
-        run_worker(settings, asyncio.Event(), burst=True, engine=engine), 60
-    )
+    await run_burst(settings, engine)
     outputs = await read_outputs(settings, results=2)
     assert {r.status.value for r in outputs.results} == {"OK"}
     assert engine.calls.count(("flaky", 1)) == 3
@@ -139,9 +136,7 @@ async def test_bad_page_fails_alone_and_is_dead_lettered(settings: Settings) -> 
     )
     await publish_requests(settings, [request, png_request("neighbour")])
     engine = FakeEngine(bad_pages={("three-pages", 2)})
-    await asyncio.wait_for(
-        run_worker(settings, asyncio.Event(), burst=True, engine=engine), 60
-    )
+    await run_burst(settings, engine)
     outputs = await read_outputs(settings, results=2, dead_letters=1)
     result = outputs.by_id()["three-pages"]
     assert result.status.value == "FAILED" and result.error_code == "PAGE_FAILED"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -13,9 +14,20 @@ from pathlib import Path
 import httpx
 
 from consumers.broker import free_port
+from consumers.engines import OcrEngine
+from consumers.runner import run_worker
 from consumers.settings import Settings
 
 LOGS = Path(os.environ.get("MEDOCR_TEST_LOGS", "/tmp/medocr-test-logs"))
+
+
+async def run_burst(
+    settings: Settings, engine: OcrEngine | None = None, timeout_s: float = 60
+) -> None:
+    """An in-process worker until the input topic is drained (``burst``)."""
+    await asyncio.wait_for(
+        run_worker(settings, asyncio.Event(), burst=True, engine=engine), timeout_s
+    )
 
 
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
