@@ -51,6 +51,7 @@ from tests.gpu.doc_pages import write_pages
 from tests.gpu.sampler import Sampler
 
 RESULTS = Path(__file__).parent / "results"
+RESULT_TOPIC = "ocr.results"  # the worker's default OCR_RESULT_TOPIC
 
 
 def log(*parts: object) -> None:
@@ -75,13 +76,19 @@ def engine_env(args: argparse.Namespace) -> dict[str, str]:
     }
 
 
+def page_dirs(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The folders of the warm-up and the timed pages under ``--pages-dir``."""
+    root = Path(args.pages_dir)
+    return root / "warm", root / "timed"
+
+
 def page_sets(args: argparse.Namespace) -> tuple[Path, Path]:
     """Warm-up pages 0..W-1 and timed pages W..W+N-1, each in its own folder."""
-    root = Path(args.pages_dir)
-    warm = write_pages(root / "warm", range(args.warmup))
-    timed = write_pages(root / "timed", range(args.warmup, args.warmup + args.pages))
-    log(f"pages: {len(warm)} warm-up, {len(timed)} timed in {root}")
-    return root / "warm", root / "timed"
+    warm_dir, timed_dir = page_dirs(args)
+    warm = write_pages(warm_dir, range(args.warmup))
+    timed = write_pages(timed_dir, range(args.warmup, args.warmup + args.pages))
+    log(f"pages: {len(warm)} warm-up, {len(timed)} timed in {args.pages_dir}")
+    return warm_dir, timed_dir
 
 
 def run_summary(
@@ -128,7 +135,7 @@ def raw_main(args: argparse.Namespace) -> int:
                 images.append(image.convert("RGB"))  # decoded before the clock starts
         return images
 
-    warm_dir, timed_dir = Path(args.pages_dir) / "warm", Path(args.pages_dir) / "timed"
+    warm_dir, timed_dir = page_dirs(args)
     warm, timed = load(warm_dir), load(timed_dir)
 
     def requests(images: list[Image.Image]) -> list[dict[str, Any]]:
@@ -325,7 +332,7 @@ class Pipeline:
             build_waiter_consumer(
                 {"bootstrap_servers": self.bootstrap}, ProducerOptions()
             ),
-            "ocr.results",
+            RESULT_TOPIC,
         )
         await waiter.start()
         arrivals: dict[str, tuple[float, Any]] = {}
@@ -432,8 +439,7 @@ def _count(values: Any) -> dict[str, int]:
 
 async def run_pipeline(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     pipeline = Pipeline(args, out_dir)
-    warm_dir = Path(args.pages_dir) / "warm"
-    timed_dir = Path(args.pages_dir) / "timed"
+    warm_dir, timed_dir = page_dirs(args)
     sampler = Sampler(pipeline.pids, args.sample_interval, pipeline.engine_figures)
     runs: list[dict[str, Any]] = []
     try:

@@ -43,11 +43,13 @@ from pathlib import Path
 from typing import Any
 
 from tests.gpu.bench_pipeline_vs_raw import (
+    RESULT_TOPIC,
     RESULTS,
     Pipeline,
     add_pipeline_args,
     engine_env,
     log,
+    page_dirs,
     page_files,
     page_sets,
     rate_curve,
@@ -72,7 +74,6 @@ RUNS: dict[str, list[dict[str, str]]] = {
     ],
 }
 RATIOS = {"tp2_over_single": ("tp2", "single"), "pair_over_single": ("pair", "single")}
-RESULT_TOPIC = "ocr.results"
 
 
 def worker_overlays(name: str, args: argparse.Namespace) -> list[dict[str, str]]:
@@ -201,8 +202,7 @@ async def run_one(name: str, args: argparse.Namespace, out_dir: Path) -> dict[st
     run_dir = out_dir / name
     run_dir.mkdir(parents=True, exist_ok=True)
     pipeline = Pipeline(args, run_dir, overlays)
-    warm_dir = Path(args.pages_dir) / "warm"
-    timed_dir = Path(args.pages_dir) / "timed"
+    warm_dir, timed_dir = page_dirs(args)
     prefix = f"{name}-t{args.max_tokens}-"
     try:
         ready_s = await pipeline.start()
@@ -328,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     page_sets(args)
     if args.page_scale != 1.0:
         shrink_pages(Path(args.pages_dir), args.page_scale)
-    results["config"]["page_px"] = page_size(Path(args.pages_dir) / "timed")
+    results["config"]["page_px"] = page_size(page_dirs(args)[1])
     for name in args.runs:
         log(f"run {name}")
         results["runs"][name] = asyncio.run(run_one(name, args, out_dir))
