@@ -46,7 +46,7 @@ from consumers.engines.vllm_requests import (
     visual_tokens,
 )
 from consumers.errors import ConfigurationError, EngineDeadError, PageFailedError
-from consumers.settings import VllmSettings
+from consumers.settings import DEFAULT_PROMPT, VllmSettings
 
 CHAT = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{}<|im_end|>\n"
 TEXT_TOKENS = (
@@ -142,7 +142,7 @@ def page(
     mode: str = "L",
     max_tokens: int = 4096,
     temperature: float = 0.0,
-    prompt: str = "이 의료 문서의 모든 텍스트를 정확하게 추출하라.",
+    prompt: str = DEFAULT_PROMPT,
 ) -> PageRequest:
     return PageRequest(
         document_id="doc-1",
