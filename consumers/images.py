@@ -106,10 +106,17 @@ def _decode_frames(image: Image.Image, limits: ImageLimits) -> list[Image.Image]
 
 
 def normalize_page(frame: Image.Image, max_side_px: int) -> Image.Image:
-    """Upright, 8-bit gray or RGB, long side at most ``max_side_px``."""
-    page = ImageOps.exif_transpose(frame) or frame
+    """Upright, 8-bit gray or RGB, long side at most ``max_side_px``.
+
+    The result never shares pixels with ``frame``: the next ``seek`` of a multi-page
+    file reuses the frame's buffer. ``exif_transpose`` makes that one copy (or the
+    rotated image); the conversions below return new images too.
+    """
+    page = ImageOps.exif_transpose(frame)
+    if page is None or page is frame:
+        page = frame.copy()
     page = _to_8bit(page)
-    if max(page.size) > max_side_px:  # _to_8bit's page is a copy: shrink it in place
+    if max(page.size) > max_side_px:  # never the frame's own buffer: shrink in place
         width = page.width
         page.thumbnail((max_side_px, max_side_px), Image.Resampling.LANCZOS)
         _scale_dpi(page, page.width / width)
@@ -126,7 +133,7 @@ def _scale_dpi(page: Image.Image, factor: float) -> None:
 def _to_8bit(page: Image.Image) -> Image.Image:
     mode = page.mode
     if mode in ("L", "RGB"):
-        return page.copy()
+        return page
     if mode == "1":
         return page.convert("L")
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):

@@ -190,7 +190,8 @@ class VllmSettings(_Group):
     dtype: Literal["auto", "bfloat16", "float16"] = Field(
         "auto", validation_alias=_env("ENGINE_DTYPE")
     )
-    # Threads that resize pages and run vLLM's multimodal processor off the event loop.
+    # vLLM's renderer threads: its multimodal processor (RGB, resize to the pixel bounds,
+    # normalise, patches) runs there, off the event loop.
     prep_threads: int = Field(
         4, ge=1, le=64, validation_alias=_env("ENGINE_PREP_THREADS")
     )

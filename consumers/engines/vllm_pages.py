@@ -1,8 +1,9 @@
 """The vLLM engine's page logic, behind a small client seam that tests replace.
 
-``VllmPageEngine`` turns one ``PageRequest`` into engine requests: the page is resized
-off the event loop, the prompt rendered in the Qwen2.5-VL chat format (image first),
-the token budget capped, and the output judged; a page that looped or ran out of
+``VllmPageEngine`` turns one ``PageRequest`` into engine requests: the prompt rendered
+in the Qwen2.5-VL chat format (image first), the token budget capped by the page's
+prompt length (its visual tokens counted at the size vLLM's processor will give it), and
+the output judged; a page that looped or ran out of
 tokens is retried with a higher temperature, then returned with a status that says so.
 Everything that touches vLLM lives behind ``VllmClient`` (``consumers.engines.vllm``
 holds the real one), so CI runs all of this without a GPU or vLLM installed.
@@ -11,11 +12,9 @@ holds the real one), so CI runs all of this without a GPU or vLLM installed.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,7 +30,6 @@ from consumers.engines.vllm_requests import (
     fit_pixels,
     page_capacity,
     plan_sampling,
-    prepare_image,
     visual_tokens,
 )
 from consumers.errors import EngineDeadError
@@ -45,7 +43,9 @@ WARM_UP_TOKENS = 4
 @dataclass(frozen=True)
 class GenerationRequest:
     chat_text: str  # the rendered chat prompt with one image placeholder
-    image: Image.Image  # RGB, already at the processor's final size
+    # The page as decoded (8-bit L or RGB, any size): vLLM's processor converts it to
+    # RGB and resizes it to the pixel bounds in the renderer's threads, off the loop.
+    image: Image.Image
     sampling: SamplingPlan
 
 
@@ -147,9 +147,6 @@ class VllmPageEngine:
         self._client: VllmClient | None = None
         self._capacity: CapacityFigure | None = None
         self._chat: dict[str, tuple[str, int]] = {}
-        self._pool = ThreadPoolExecutor(
-            settings.prep_threads, thread_name_prefix="page-prep"
-        )
 
     async def start(self) -> None:
         client = await self._connect(self._metrics)
@@ -180,7 +177,6 @@ class VllmPageEngine:
         client, self._client = self._client, None
         if client is not None:
             await asyncio.to_thread(client.shutdown)
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def capacity(self) -> int:
         if self._capacity is None:
@@ -203,16 +199,15 @@ class VllmPageEngine:
     async def recognize(self, page: PageRequest) -> PageResult:
         client = self._live_client()
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        prep = functools.partial(
-            prepare_image,
-            page.image,
+        image = page.image
+        size = fit_pixels(
+            image.width,
+            image.height,
             self._settings.min_pixels,
             self._settings.max_pixels,
         )
-        image = await loop.run_in_executor(self._pool, prep)
         chat_text, text_tokens = self._chat_prompt(client, page.prompt)
-        prompt_tokens = text_tokens + visual_tokens(*image.size)
+        prompt_tokens = text_tokens + visual_tokens(*size)
         max_tokens = cap_max_tokens(
             page.max_tokens, prompt_tokens, self._settings.max_model_len
         )

@@ -3,16 +3,15 @@
 Pure functions over settings and numbers, so CI checks every rule without a GPU. The
 Qwen2-VL family sees an image as 14 px patches merged 2x2, i.e. one visual token per
 28x28 px; the image processor resizes each page to multiples of 28 px within
-[min_pixels, max_pixels] (``smart_resize``). Doing that resize here, off the event loop,
-leaves the engine's processor an image that already has its final size.
+[min_pixels, max_pixels] (``smart_resize``). ``fit_pixels`` repeats that arithmetic so
+a page's prompt length is known before vLLM sees it; the resize itself is left to the
+processor (in vLLM's renderer threads), as for any other vLLM user.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
-from PIL import Image
 
 from consumers.errors import ConfigurationError, PageFailedError
 from consumers.settings import VllmSettings
@@ -57,15 +56,6 @@ def visual_tokens(width: int, height: int) -> int:
 def max_visual_tokens(max_pixels: int) -> int:
     """The most visual tokens any page can take under ``max_pixels``."""
     return max(1, max_pixels // (PATCH_PX * PATCH_PX))
-
-
-def prepare_image(image: Image.Image, min_pixels: int, max_pixels: int) -> Image.Image:
-    """RGB at the exact size the engine's processor would choose (CPU: use a pool)."""
-    size = fit_pixels(image.width, image.height, min_pixels, max_pixels)
-    page = image if image.mode == "RGB" else image.convert("RGB")
-    if page.size != size:
-        page = page.resize(size, Image.Resampling.BICUBIC)
-    return page
 
 
 def cap_max_tokens(requested: int, prompt_tokens: int, max_model_len: int) -> int:

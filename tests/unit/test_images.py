@@ -288,6 +288,13 @@ def test_multipage_tiff_keeps_every_page_in_order() -> None:
     assert all(p.mode == "L" for p in pages)
 
 
+def test_multipage_tiff_pages_of_one_size_keep_their_own_pixels() -> None:
+    frames = [Image.new("L", (12, 10), shade) for shade in (10, 20, 30)]
+    raw = encode(frames[0], "TIFF", save_all=True, append_images=frames[1:])
+    pages = load_pages(raw, LIMITS)
+    assert [p.getpixel((5, 5)) for p in pages] == [10, 20, 30]
+
+
 # --- magic bytes and file:// URIs -----------------------------------------------
 
 

@@ -41,7 +41,6 @@ from consumers.engines.vllm_requests import (
     max_visual_tokens,
     page_capacity,
     plan_sampling,
-    prepare_image,
     require_gpus,
     visual_tokens,
 )
@@ -196,16 +195,8 @@ def test_fit_pixels_refuses_slivers() -> None:
         fit_pixels(10_000, 20, 3136, 1280 * 28 * 28)
 
 
-def test_prepare_image_resizes_to_rgb_at_the_final_size() -> None:
-    prepared = prepare_image(Image.new("L", (1240, 1754), 200), 3136, 1280 * 28 * 28)
-    assert prepared.mode == "RGB"
-    assert prepared.size == (840, 1176)
-    assert visual_tokens(*prepared.size) == 1260
-
-
-def test_prepare_image_keeps_an_image_already_in_shape() -> None:
-    image = Image.new("RGB", (840, 1176), (10, 20, 30))
-    assert prepare_image(image, 3136, 1280 * 28 * 28) is image
+def test_fit_pixels_gives_the_a4_page_its_visual_tokens() -> None:
+    assert visual_tokens(*fit_pixels(1240, 1754, 3136, 1280 * 28 * 28)) == 1260
 
 
 # ---------------------------------------------------------------- sampling rules
@@ -434,20 +425,21 @@ def test_capacity_never_drops_below_one_page() -> None:
 # ------------------------------------------------------------ the engine over a fake
 
 
-async def test_engine_sends_the_prepared_image_and_chat_text(
+async def test_engine_sends_the_page_as_decoded_and_the_chat_text(
     make_engine: Callable[..., tuple[VllmPageEngine, FakeVllmClient]],
 ) -> None:
     engine, client = make_engine([ok()])
     assert isinstance(engine, OcrEngine)
     await engine.start()
-    result = await engine.recognize(page(max_tokens=777, temperature=0.0))
+    sent = page(max_tokens=777, temperature=0.0)
+    result = await engine.recognize(sent)
     assert result.status is PageStatus.OK
     assert result.text == ok().text
     assert result.attempts == 1
     assert result.finish_reason == "stop"
     (request,) = client.requests
-    assert request.image.size == (840, 1176)
-    assert request.image.mode == "RGB"
+    # vLLM's processor converts and resizes it (as for raw vLLM): no copy on the way.
+    assert request.image is sent.image
     assert request.chat_text.index("<|image_pad|>") < request.chat_text.index("의료")
     assert request.sampling.max_tokens == 777
     assert request.sampling.temperature == 0.0
@@ -486,6 +478,16 @@ async def test_max_tokens_cap_uses_the_page_prompt_length(
     await engine.recognize(page(max_tokens=4096))
     # 1260 visual tokens + 39 text tokens (placeholder excluded) leave 749
     assert client.requests[0].sampling.max_tokens == 2048 - 1260 - 39
+
+
+async def test_a_sliver_page_fails_before_it_reaches_the_engine(
+    make_engine: Callable[..., tuple[VllmPageEngine, FakeVllmClient]],
+) -> None:
+    engine, client = make_engine([ok()])
+    await engine.start()
+    with pytest.raises(PageFailedError, match="aspect ratio"):
+        await engine.recognize(page(10_000, 20))
+    assert client.requests == []
 
 
 async def test_truncated_page_is_retried_hotter_then_flagged(
