@@ -14,7 +14,10 @@ emit EOS at random) and no quality retries (every page ends on ``length``). Each
 warms up on ``--warmup`` other pages first. The raw clock runs from ``generate()`` to
 its return; the pipeline clock from the first request's ``submitted_at`` (stamped by
 ``medocr publish``) to the last result read from the output topic. The time from
-launching the publish command is reported as well.
+launching the publish command is reported as well. ``--repeats N`` times each length N
+times per phase (one engine start, lengths interleaved) and reports the ratio of the
+phases' mean pages/s, with each pair's ratio beside it: single runs scatter by about
+±2% on an H100 that runs at its power limit.
 
 On the GPU host (after the bundle's install.sh; weight-less model in /tmp/model)::
 
@@ -36,6 +39,7 @@ import functools
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -107,6 +111,11 @@ def run_summary(
     }
 
 
+def schedule(args: argparse.Namespace) -> list[tuple[int, int]]:
+    """The timed runs of one phase, in order: (repeat, max_tokens), lengths interleaved."""
+    return [(rep, size) for rep in range(args.repeats) for size in args.max_tokens]
+
+
 # ------------------------------------------------------------------ raw vLLM (child)
 
 
@@ -148,7 +157,7 @@ def raw_main(args: argparse.Namespace) -> int:
     llm.generate(requests(warm), sampling(16), use_tqdm=False)
     log(f"raw warm-up {len(warm)} pages {time.perf_counter() - started:.1f}s")
     runs = []
-    for max_tokens in args.max_tokens:
+    for repeat, max_tokens in schedule(args):
         done: list[float] = []
         epoch, clock = time.time(), time.perf_counter()
         bar = completion_clock(done, clock)
@@ -160,6 +169,7 @@ def raw_main(args: argparse.Namespace) -> int:
             )
         out_tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
         run = run_summary("raw", max_tokens, wall, done, out_tokens)
+        run["repeat"] = repeat
         run["t0_epoch"] = round(epoch, 3)
         run["prompt_tokens_per_page"] = round(
             sum(len(o.prompt_token_ids) for o in outputs) / len(outputs), 1
@@ -451,8 +461,10 @@ async def run_pipeline(args: argparse.Namespace, out_dir: Path) -> dict[str, Any
             f"pipeline warm-up {args.warmup} pages {time.perf_counter() - started:.1f}s"
         )
         sampler.start()
-        for max_tokens in args.max_tokens:
-            run = await pipeline.run(timed_dir, f"t{max_tokens}-", max_tokens)
+        for repeat, max_tokens in schedule(args):
+            prefix = f"t{max_tokens}-r{repeat}-"
+            run = await pipeline.run(timed_dir, prefix, max_tokens)
+            run["repeat"] = repeat
             log("RESULT", json.dumps({k: v for k, v in run.items() if k != "done_s"}))
             runs.append(run)
     finally:
@@ -476,7 +488,7 @@ def plot(results: dict[str, Any], png: Path, bin_s: float = 1.0) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # type: ignore[import-not-found,unused-ignore]
 
-    sizes = [run["max_tokens"] for run in results["raw"]["runs"]]
+    sizes = list(dict.fromkeys(run["max_tokens"] for run in results["raw"]["runs"]))
     sampled = all(results[phase].get("samples") for phase in ("raw", "pipeline"))
     rows = 2 if sampled else 1
     fig, axes = plt.subplots(
@@ -484,11 +496,15 @@ def plot(results: dict[str, Any], png: Path, bin_s: float = 1.0) -> None:
     )
     for column, size in enumerate(sizes):
         ax = axes[0][column]
-        for phase, style in (("raw", "-"), ("pipeline", "--")):
-            run = next(r for r in results[phase]["runs"] if r["max_tokens"] == size)
-            xs, rates = rate_curve(run["done_s"], bin_s)
-            label = f"{phase}: {run['pages_per_s']:.2f} pages/s"
-            ax.plot(xs, rates, style, label=label)
+        for phase, style, colour in (("raw", "-", "C0"), ("pipeline", "--", "C1")):
+            runs = [r for r in results[phase]["runs"] if r["max_tokens"] == size]
+            for index, run in enumerate(runs):
+                xs, rates = rate_curve(run["done_s"], bin_s)
+                label = f"{phase}: {run['pages_per_s']:.2f} pages/s"
+                if len(runs) > 1:
+                    label = f"{phase} #{index + 1}: {run['pages_per_s']:.2f} pages/s"
+                alpha = 1.0 if index == 0 else 0.45
+                ax.plot(xs, rates, style, color=colour, alpha=alpha, label=label)
         ax.set_title(f"max_tokens {size}, {results['config']['pages']} pages")
         ax.set_xlabel("seconds since start")
         ax.set_ylabel("pages/s (completions, 3 s average)")
@@ -503,7 +519,8 @@ def plot(results: dict[str, Any], png: Path, bin_s: float = 1.0) -> None:
 
 
 def plot_samples(ax: Any, results: dict[str, Any], size: int) -> None:
-    """GPU utilisation of both runs, and the pipeline engine's requests, over time."""
+    """GPU utilisation of both phases' first run of ``size``, and the pipeline engine's
+    requests, over time."""
     queue = ax.twinx()
     for phase, style in (("raw", "-"), ("pipeline", "--")):
         run = next(r for r in results[phase]["runs"] if r["max_tokens"] == size)
@@ -547,20 +564,35 @@ def device_name() -> str:
 
 
 def summarize(results: dict[str, Any]) -> list[str]:
-    lines = ["max_tokens  raw pages/s  pipeline pages/s  ratio"]
-    for raw in results["raw"]["runs"]:
-        pipe = next(
-            r
-            for r in results["pipeline"]["runs"]
-            if r["max_tokens"] == raw["max_tokens"]
+    """Per length: every repeat's pages/s, and the ratio of the phases' means.
+
+    ``ratios`` holds the ratio of means (one figure per length); ``ratio_runs`` the
+    ratio of each repeat's pair, raw's i-th run against the pipeline's i-th.
+    """
+    lines = ["max_tokens  raw pages/s (runs)  pipeline pages/s (runs)  ratio of means"]
+    for size in dict.fromkeys(r["max_tokens"] for r in results["raw"]["runs"]):
+        raw, pipe = (
+            [
+                r["pages_per_s"]
+                for r in results[phase]["runs"]
+                if r["max_tokens"] == size
+            ]
+            for phase in ("raw", "pipeline")
         )
-        ratio = pipe["pages_per_s"] / raw["pages_per_s"]
-        results.setdefault("ratios", {})[str(raw["max_tokens"])] = round(ratio, 3)
+        ratio = statistics.fmean(pipe) / statistics.fmean(raw)
+        results.setdefault("ratios", {})[str(size)] = round(ratio, 3)
+        pairs = [round(p / r, 3) for r, p in zip(raw, pipe, strict=False)]
+        results.setdefault("ratio_runs", {})[str(size)] = pairs
         lines.append(
-            f"{raw['max_tokens']:>10}  {raw['pages_per_s']:>11.2f}"
-            f"  {pipe['pages_per_s']:>16.2f}  {ratio:5.3f}"
+            f"{size:>10}  {statistics.fmean(raw):>7.2f} {_runs(raw):<12}"
+            f"  {statistics.fmean(pipe):>7.2f} {_runs(pipe):<16}  {ratio:5.3f}"
+            f"  (pairs {', '.join(f'{x:.3f}' for x in pairs)})"
         )
     return lines
+
+
+def _runs(values: Sequence[float]) -> str:
+    return "(" + " ".join(f"{v:.2f}" for v in values) + ")"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -611,6 +643,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     add_pipeline_args(parser)
     parser.add_argument("--max-tokens", type=int, nargs="+", default=[256, 1024])
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="timed runs of each length per phase (one engine start), interleaved",
+    )
     parser.add_argument("--tensor-parallel-size", type=int, default=1)
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--out-dir", default=str(RESULTS))
