@@ -105,8 +105,10 @@ class Sampler:
         self._thread.start()
 
     def stop(self) -> list[dict[str, Any]]:
+        """The samples so far; safe to call when ``start`` never ran (a failed start)."""
         self._stop.set()
-        self._thread.join(5)
+        if self._thread.ident is not None:
+            self._thread.join(5)
         return self.samples
 
     def _gpu_sample(self) -> dict[str, Any]:

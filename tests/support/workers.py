@@ -95,5 +95,6 @@ class WorkerProcess:
         self._log.close()
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:  # wait() and stop() close it; the file stays
+            self._log.flush()
         return self.log_path.read_text(errors="replace")[-3000:]
