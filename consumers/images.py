@@ -8,6 +8,7 @@ never reaches the decoder.
 from __future__ import annotations
 
 import io
+import numbers
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,7 +127,8 @@ def normalize_page(frame: Image.Image, max_side_px: int) -> Image.Image:
 def _scale_dpi(page: Image.Image, factor: float) -> None:
     """A shrunk page keeps its paper size: its resolution shrinks with it."""
     dpi = page.info.get("dpi")
-    if isinstance(dpi, tuple) and all(isinstance(v, int | float) for v in dpi):
+    # numbers.Real: TIFF resolutions are Pillow IFDRational values, not floats.
+    if isinstance(dpi, tuple) and all(isinstance(v, numbers.Real) for v in dpi):
         page.info["dpi"] = tuple(float(v) * factor for v in dpi)
 
 

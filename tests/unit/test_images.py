@@ -351,9 +351,11 @@ def test_read_image_uri_refusals(
         )
 
 
-def test_a_shrunk_page_reports_its_resolution_shrunk_too() -> None:
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])  # TIFF: dpi as IFDRational
+def test_a_shrunk_page_reports_its_resolution_shrunk_too(fmt: str) -> None:
     """Tesseract reads the page's dpi: after the 4096 px cap it is the new one."""
-    raw = encode(Image.new("L", (5000, 7000), 255), "PNG", dpi=(600, 600))
+    options = {"compression": "tiff_lzw"} if fmt == "TIFF" else {}  # under 20 MB
+    raw = encode(Image.new("L", (5000, 7000), 255), fmt, dpi=(600, 600), **options)
     (page,) = load_pages(raw, LIMITS)
     assert page.size == (2926, 4096)
     dpi = page.info["dpi"]
