@@ -69,7 +69,6 @@ class RecognizerOptions:
     default_max_tokens: int
     retry: RetryPolicy
     worker_id: str
-    decode_concurrency: int = DECODE_CONCURRENCY
 
 
 def where(msg: Msg) -> str:
@@ -90,7 +89,7 @@ class DocumentRecognizer:
         self._metrics = metrics
         self._options = options
         self._on_page = on_page
-        self._decode_turns = asyncio.Semaphore(options.decode_concurrency)
+        self._decode_turns = asyncio.Semaphore(DECODE_CONCURRENCY)
 
     async def recognize(self, msg: Msg) -> Outcome:
         """The outcome of one record; its budget reservation of one page is kept as is."""

@@ -110,13 +110,10 @@ def normalize_page(frame: Image.Image, max_side_px: int) -> Image.Image:
     """Upright, 8-bit gray or RGB, long side at most ``max_side_px``.
 
     The result never shares pixels with ``frame``: the next ``seek`` of a multi-page
-    file reuses the frame's buffer. ``exif_transpose`` makes that one copy (or the
-    rotated image); the conversions below return new images too.
+    file reuses the frame's buffer. ``exif_transpose`` (not in place) always returns a
+    new image, the one copy made here; the conversions below return new images too.
     """
-    page = ImageOps.exif_transpose(frame)
-    if page is None or page is frame:
-        page = frame.copy()
-    page = _to_8bit(page)
+    page = _to_8bit(ImageOps.exif_transpose(frame))
     if max(page.size) > max_side_px:  # never the frame's own buffer: shrink in place
         width = page.width
         page.thumbnail((max_side_px, max_side_px), Image.Resampling.LANCZOS)

@@ -2,9 +2,9 @@
 
 At most ``worker_count()`` tesseract processes run at once, each limited to one OpenMP
 thread, so the processes share the cores instead of oversubscribing them. The page is
-prepared (gray, red stamps dropped, low-resolution scans cleaned and enlarged) in a
-thread pool so the event loop never does pixel work, and reaches tesseract on stdin as
-an uncompressed PGM.
+prepared (gray, red stamps dropped, low-resolution scans cleaned, and enlarged when
+``TESSERACT_LOW_RES_SCALE`` says so) in a thread pool so the event loop never does
+pixel work, and reaches tesseract on stdin as an uncompressed PGM.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class PreparedPage:
 
 
 def prepare_page(
-    image: Image.Image, preprocess: bool, low_res_scale: float = 1.0
+    image: Image.Image, preprocess: bool, low_res_scale: float
 ) -> PreparedPage:
     """The page as the PGM bytes tesseract reads on stdin (runs in the thread pool)."""
     gray = _to_gray(image) if preprocess else image.convert("L")
@@ -174,7 +174,13 @@ class TesseractEngine:
         if self._binary is None or self._pool is None:
             raise EngineDeadError("the tesseract engine is not started")
         started = time.perf_counter()
-        prepared = await self._prepare(self._pool, page)
+        prepared = await asyncio.get_running_loop().run_in_executor(
+            self._pool,
+            prepare_page,
+            page.image,
+            self._settings.preprocess,
+            self._settings.low_res_scale,
+        )
         async with self._slots:
             stdout = await self._run(self._binary, prepared, page)
         text = stdout.decode("utf-8", errors="replace").replace("\f", "").strip()
@@ -192,18 +198,6 @@ class TesseractEngine:
         # text, and skipping it saves about 8% of the CPU at the same CER.
         command += ["-c", "tessedit_do_invert=0"]
         return command + (["--dpi", str(dpi)] if dpi is not None else [])
-
-    async def _prepare(
-        self, pool: ThreadPoolExecutor, page: PageRequest
-    ) -> PreparedPage:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            pool,
-            prepare_page,
-            page.image,
-            self._settings.preprocess,
-            self._settings.low_res_scale,
-        )
 
     async def _run(
         self, binary: str, prepared: PreparedPage, page: PageRequest

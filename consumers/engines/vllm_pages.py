@@ -2,9 +2,9 @@
 
 ``VllmPageEngine`` turns one ``PageRequest`` into engine requests: the prompt rendered
 in the Qwen2.5-VL chat format (image first), the token budget capped by the page's
-prompt length (its visual tokens counted at the size vLLM's processor will give it), and
-the output judged; a page that looped or ran out of
-tokens is retried with a higher temperature, then returned with a status that says so.
+prompt length (its visual tokens counted at the size vLLM's processor will give it),
+and the output judged; a page that looped or ran out of tokens is retried with a
+higher temperature, then returned with a status that says so.
 Everything that touches vLLM lives behind ``VllmClient`` (``consumers.engines.vllm``
 holds the real one), so CI runs all of this without a GPU or vLLM installed.
 """

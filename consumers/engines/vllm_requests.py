@@ -123,13 +123,14 @@ def page_capacity(
     be preempted for lack of cache; the scheduler runs at most ``MAX_NUM_SEQS`` of
     them: ``running = min(MAX_NUM_SEQS, kv_pages)``.
 
-    A finished page frees its slot at once, but the worker needs time to fetch, decode
-    and prepare the next one. Pages of similar length finish in waves (a batch of
-    forms, or every page of a benchmark at a fixed length), so the engine's waiting
-    queue holds a whole second wave, already preprocessed: ``reserve = running``
+    A finished page frees its slot at once, but the next one needs time to be fetched,
+    decoded and run through vLLM's processor. Pages of similar length finish in waves
+    (a batch of forms, or every page of a benchmark at a fixed length), so the engine's
+    waiting queue holds a whole second wave, already processed: ``reserve = running``
     (at least one prefill step, ``MAX_NUM_BATCHED_TOKENS / prompt tokens``). Waiting
-    requests hold no KV blocks, so the reserve costs host memory for the queued
-    pages' pixels, nothing on the GPU. ``C = running + reserve``.
+    requests hold no KV blocks, so the reserve costs host memory, nothing on the GPU:
+    the queued pages' processed pixels, and the decoded pages (up to 4096 px a side)
+    still waiting for the processor. ``C = running + reserve``.
     """
     prompt_tokens = max_visual_tokens(settings.max_pixels) + max(0, text_prompt_tokens)
     output_tokens = max(
