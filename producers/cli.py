@@ -65,7 +65,7 @@ async def publish_command(
     waiter = None
     if wait:
         waiter = ResultWaiter(
-            build_waiter_consumer(client_kwargs, producer_options),
+            build_waiter_consumer(client_kwargs, producer_options.max_document_bytes),
             topics.results,
             topics.progress if show_progress else None,
         )

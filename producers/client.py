@@ -40,7 +40,8 @@ class OcrClient:
         options = producer_options or ProducerOptions()
         self._producer = build_producer(client_kwargs, options)
         self._waiter = ResultWaiter(
-            build_waiter_consumer(client_kwargs, options), topics.results
+            build_waiter_consumer(client_kwargs, options.max_document_bytes),
+            topics.results,
         )
         self._publisher = ScanPublisher(self._producer, topics.requests)
         self._pending: dict[str, asyncio.Future[OcrResult]] = {}

@@ -61,11 +61,11 @@ def fetch_options(max_document_bytes: int) -> dict[str, object]:
 
 
 def build_waiter_consumer(
-    client_kwargs: Mapping[str, object], options: ProducerOptions
+    client_kwargs: Mapping[str, object], max_document_bytes: int
 ) -> AIOKafkaConsumer:
     """A consumer without a group for a sender reading its answers (``ResultWaiter``)."""
     return AIOKafkaConsumer(
         **client_kwargs,
         enable_auto_commit=False,
-        **fetch_options(options.max_document_bytes),
+        **fetch_options(max_document_bytes),
     )

@@ -45,17 +45,18 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from consumers.broker import free_port
-from consumers.settings import DEFAULT_PROMPT, VllmSettings
+from consumers.settings import DEFAULT_PROMPT, KafkaSettings, VllmSettings
 from tests.gpu.doc_pages import write_pages
 from tests.gpu.sampler import Sampler
 
 RESULTS = Path(__file__).parent / "results"
-RESULT_TOPIC = "ocr.results"  # the worker's default OCR_RESULT_TOPIC
+RESULT_TOPIC = str(KafkaSettings.model_fields["result_topic"].default)  # the worker's
 
 
 def log(*parts: object) -> None:
@@ -86,13 +87,12 @@ def page_dirs(args: argparse.Namespace) -> tuple[Path, Path]:
     return root / "warm", root / "timed"
 
 
-def page_sets(args: argparse.Namespace) -> tuple[Path, Path]:
+def page_sets(args: argparse.Namespace) -> None:
     """Warm-up pages 0..W-1 and timed pages W..W+N-1, each in its own folder."""
     warm_dir, timed_dir = page_dirs(args)
     warm = write_pages(warm_dir, range(args.warmup))
     timed = write_pages(timed_dir, range(args.warmup, args.warmup + args.pages))
     log(f"pages: {len(warm)} warm-up, {len(timed)} timed in {args.pages_dir}")
-    return warm_dir, timed_dir
 
 
 def run_summary(
@@ -340,7 +340,8 @@ class Pipeline:
         ids = [prefix + path.stem for path in page_files(folder)]
         waiter = ResultWaiter(
             build_waiter_consumer(
-                {"bootstrap_servers": self.bootstrap}, ProducerOptions()
+                {"bootstrap_servers": self.bootstrap},
+                ProducerOptions().max_document_bytes,
             ),
             RESULT_TOPIC,
         )
@@ -440,11 +441,7 @@ def page_files(folder: Path) -> list[Path]:
 
 
 def _count(values: Any) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for value in values:
-        key = str(getattr(value, "value", value))
-        counts[key] = counts.get(key, 0) + 1
-    return counts
+    return dict(Counter(str(getattr(value, "value", value)) for value in values))
 
 
 async def run_pipeline(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
@@ -650,7 +647,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="timed runs of each length per phase (one engine start), interleaved",
     )
     parser.add_argument("--tensor-parallel-size", type=int, default=1)
-    parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--out-dir", default=str(RESULTS))
     parser.add_argument(
         "--phases",
@@ -666,7 +662,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
-    """Engine, page and pipeline options that ``engine_env`` and ``Pipeline`` read."""
+    """Engine, page and pipeline options that ``engine_env`` and ``Pipeline`` read
+    (each script adds ``--tensor-parallel-size`` its own way)."""
     parser.add_argument("--model", default="/tmp/model")
     parser.add_argument("--load-format", default="dummy")
     parser.add_argument("--dtype", default="bfloat16")
@@ -680,6 +677,7 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu-mem", type=float, default=0.85)
     parser.add_argument("--enforce-eager", action="store_true")
     parser.add_argument("--batch-max-records", type=int, default=32)
+    parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument(
         "--by-reference",
         action="store_true",

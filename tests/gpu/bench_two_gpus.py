@@ -358,7 +358,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     add_pipeline_args(parser)
     parser.add_argument("--max-tokens", type=int, default=256)
-    parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument(
         "--runs", nargs="+", choices=sorted(RUNS), default=["single", "tp2", "pair"]
     )
@@ -378,7 +377,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=1.0,
         help="scale the generated pages (< 1 for CPU checks; own pages folder)",
     )
-    parser.set_defaults(pages=256)
+    parser.set_defaults(partitions=8)
     args = parser.parse_args(argv)
     # TENSOR_PARALLEL_SIZE comes from each run's worker overlay; engine_env's own
     # value is overridden there.
