@@ -15,7 +15,7 @@ from schemas import OcrRequest
 from schemas.records import utc_now
 from tests.support.cer import SAMPLES_DIR, load_manifest, micro_cer, score_page
 from tests.support.kafka import publish_raw, publish_requests, read_outputs
-from tests.support.scans import encode, png_claiming
+from tests.support.scans import encode, multipage_tiff, png_claiming
 from tests.support.workers import run_burst
 
 pytestmark = [pytest.mark.integration, pytest.mark.tesseract]
@@ -57,9 +57,6 @@ def variants_of(scan: Path) -> dict[str, OcrRequest]:
 
 
 def bad_inputs(scan: bytes, limits_pages: int) -> dict[str, tuple[OcrRequest, str]]:
-    tiff_pages = [Image.new("L", (200, 100), 255) for _ in range(limits_pages + 1)]
-    many = io.BytesIO()
-    tiff_pages[0].save(many, "TIFF", save_all=True, append_images=tiff_pages[1:])
     jpeg = encode(Image.open(io.BytesIO(scan)).convert("RGB"), "JPEG")
     return {
         "zero-bytes": (request("zero-bytes", b""), "EMPTY_DOCUMENT"),
@@ -84,7 +81,11 @@ def bad_inputs(scan: bytes, limits_pages: int) -> dict[str, tuple[OcrRequest, st
             "PIXEL_LIMIT",
         ),
         "too-many-pages": (
-            request("too-many-pages", many.getvalue(), "image/tiff"),
+            request(
+                "too-many-pages",
+                multipage_tiff([(200, 100)] * (limits_pages + 1)),
+                "image/tiff",
+            ),
             "TOO_MANY_PAGES",
         ),
         "wrong-content-type": (

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,20 +18,18 @@ from schemas import OcrRequest
 from schemas.records import utc_now
 from tests.support.engines import FakeEngine
 from tests.support.kafka import publish_raw, publish_requests, read_outputs
-from tests.support.scans import multipage_tiff
+from tests.support.scans import encode, multipage_tiff
 from tests.support.workers import run_burst
 
 pytestmark = pytest.mark.integration
 
 
 def png_request(doc_id: str) -> OcrRequest:
-    buffer = io.BytesIO()
-    Image.new("L", (64, 32), 255).save(buffer, "PNG")
     return OcrRequest(
         document_id=doc_id,
         content_type="image/png",
         submitted_at=utc_now(),
-        image=buffer.getvalue(),
+        image=encode(Image.new("L", (64, 32), 255), "PNG"),
     )
 
 

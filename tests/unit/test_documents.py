@@ -32,16 +32,14 @@ from consumers.metrics import WorkerMetrics
 from consumers.retry import RetriesExhaustedError, RetryPolicy
 from schemas import DeadLetter, DocumentStatus, OcrRequest, OcrResult
 from tests.support.engines import FakeEngine
-from tests.support.scans import multipage_tiff
+from tests.support.scans import encode, multipage_tiff
 
 SUBMITTED = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
 FAST_RETRY = RetryPolicy(attempts=3, base_s=0.001, max_s=0.002)
 
 
 def png(width: int = 30, height: int = 20) -> bytes:
-    out = io.BytesIO()
-    Image.new("L", (width, height), 255).save(out, "PNG")
-    return out.getvalue()
+    return encode(Image.new("L", (width, height), 255), "PNG")
 
 
 def truncated_png() -> bytes:
