@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import stat
 from collections.abc import AsyncIterator
@@ -12,7 +13,7 @@ import pytest
 from PIL import Image
 
 from consumers.engines.base import OcrEngine, PageRequest
-from consumers.engines.tesseract import TesseractEngine
+from consumers.engines.tesseract import TesseractEngine, prepare_page
 from consumers.errors import ConfigurationError, PageFailedError
 from consumers.images import ImageLimits, load_pages
 from consumers.settings import DEFAULT_PROMPT, TesseractSettings
@@ -186,3 +187,18 @@ async def test_a_crashing_binary_fails_the_page(
             await engine.recognize(_request(_sample_page(), page_number=3))
     finally:
         await engine.close()
+
+
+@pytest.mark.parametrize(
+    ("scale", "size", "dpi"), [(1.0, (700, 990), 100), (1.5, (1050, 1485), 150)]
+)
+def test_low_resolution_pages_are_enlarged_only_when_the_setting_asks(
+    scale: float, size: tuple[int, int], dpi: int
+) -> None:
+    """TESSERACT_LOW_RES_SCALE: a 100-dpi page is cleaned always, enlarged only > 1."""
+    page = Image.new("L", (700, 990), 255)
+    page.info["dpi"] = (100, 100)
+    prepared = prepare_page(page, True, scale)
+    with Image.open(io.BytesIO(prepared.pgm)) as pgm:
+        assert pgm.size == size
+    assert prepared.dpi == dpi
