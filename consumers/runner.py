@@ -20,7 +20,8 @@ from consumers.metrics import WorkerMetrics
 from consumers.retry import RetryPolicy
 from consumers.settings import Settings
 from consumers.sidecar import SidecarServer, build_sidecar
-from consumers.worker import LoopOptions, OcrWorker, WorkerState
+from consumers.state import WorkerState
+from consumers.worker import LoopOptions, OcrWorker
 from producers.kafka import (
     ProducerOptions,
     build_producer,

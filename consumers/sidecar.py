@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from consumers.errors import ConfigurationError
 from consumers.metrics import WorkerMetrics
-from consumers.worker import WorkerState
+from consumers.state import WorkerState
 
 
 def build_sidecar(

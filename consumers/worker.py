@@ -22,11 +22,11 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from consumers.budget import PageBudget
 from consumers.documents import DocumentRecognizer, Msg, Outcome, where
-from consumers.engines import OcrEngine
 from consumers.errors import BrokerUnavailableError, FatalError
 from consumers.metrics import WorkerMetrics
 from consumers.offsets import OffsetTracker
 from consumers.retry import RetryPolicy, retry_transient
+from consumers.state import WorkerState
 from producers.results import ResultPublisher
 
 log = logging.getLogger(__name__)
@@ -45,25 +45,6 @@ class LoopOptions:
     max_records: int = 16
     max_wait_ms: int = 200
     drain_timeout_s: float = 60.0
-
-
-@dataclass
-class WorkerState:
-    """What the sidecar reads: a snapshot, written only by the worker."""
-
-    engine: OcrEngine
-    joined: bool = False
-    assigned: frozenset[TopicPartition] = frozenset()
-    inflight_records: int = 0
-    failure: str | None = None
-    stopping: bool = False
-
-    def healthy(self) -> bool:
-        """The engine is loaded and nothing fatal has happened."""
-        return self.engine.health().loaded and self.failure is None
-
-    def ready(self) -> bool:
-        return self.healthy() and self.joined and not self.stopping
 
 
 @dataclass
@@ -150,7 +131,7 @@ class OcrWorker:
         self._budget.reserve(1)
         self._metrics.inflight_pages.inc()
         self._metrics.inflight_records.inc()
-        self._state.inflight_records += 1
+        self._state.record_started()
         task = asyncio.create_task(self._handle(tp, msg), name=where(msg))
         self._inflight.tasks[task] = tp
         task.add_done_callback(self._task_done)
@@ -172,7 +153,7 @@ class OcrWorker:
             self._budget.release(1)
             self._metrics.inflight_pages.dec()
             self._metrics.inflight_records.dec()
-            self._state.inflight_records -= 1
+            self._state.record_finished()
 
     async def _publish(self, outcome: Outcome) -> None:
         try:

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from consumers.metrics import WorkerMetrics
 from consumers.sidecar import build_sidecar
-from consumers.worker import WorkerState
+from consumers.state import WorkerState
 from tests.support.engines import FakeEngine
 
 KEY = "k3y-for-metrics"

@@ -1,0 +1,65 @@
+"""What the sidecar reads about the worker: a snapshot written only by the worker loop.
+
+Health is the process's own: the engine is loaded, nothing fatal happened, and work in
+flight is moving (a page or record finished within the stall timeout). Readiness adds
+what serving needs from outside: the group assignment and a reachable broker.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from aiokafka import TopicPartition
+
+from consumers.engines import OcrEngine
+
+DEFAULT_STALL_TIMEOUT_S = 600.0
+
+
+@dataclass
+class WorkerState:
+    engine: OcrEngine
+    stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S
+    joined: bool = False
+    assigned: frozenset[TopicPartition] = frozenset()
+    inflight_records: int = 0
+    failure: str | None = None
+    stopping: bool = False
+    broker_reachable: bool = True
+    # monotonic time of the last finished page or record, or of the moment work
+    # arrived on an idle worker: an idle worker is never stalled
+    last_progress_at: float = field(default_factory=time.monotonic)
+
+    def record_started(self) -> None:
+        if self.inflight_records == 0:
+            self.last_progress_at = time.monotonic()
+        self.inflight_records += 1
+
+    def record_finished(self) -> None:
+        self.inflight_records -= 1
+        self.progressed()
+
+    def progressed(self) -> None:
+        """A page or a record finished: the worker is moving."""
+        self.last_progress_at = time.monotonic()
+
+    def stalled(self, now: float | None = None) -> bool:
+        """Records are in flight and nothing finished for longer than the stall timeout."""
+        now = time.monotonic() if now is None else now
+        idle_s = now - self.last_progress_at
+        return self.inflight_records > 0 and idle_s > self.stall_timeout_s
+
+    def healthy(self) -> bool:
+        """The engine is loaded, nothing fatal has happened and work is not stuck."""
+        return (
+            self.engine.health().loaded and self.failure is None and not self.stalled()
+        )
+
+    def ready(self) -> bool:
+        return (
+            self.healthy()
+            and self.joined
+            and not self.stopping
+            and self.broker_reachable
+        )
