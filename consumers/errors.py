@@ -16,13 +16,17 @@
     │   ├── PixelLimitError             PIXEL_LIMIT
     │   ├── TooManyPagesError           TOO_MANY_PAGES
     │   ├── ImageUriError               IMAGE_URI
+    │   ├── DecodeTimeoutError          DECODE_TIMEOUT
     │   └── PageFailedError             PAGE_FAILED (a page the engine cannot read)
     └── FatalError                  no         stop fetching, commit nothing more, exit non-zero
         ├── EngineDeadError
         └── ConfigurationError
 
-Library errors are translated where they are caught (``raise ... from exc``); anything
-that is not a ``PipelineError`` is a bug and therefore fatal, never a dead letter.
+Library errors are translated where they are caught (``raise ... from exc``). Anything
+that is not a ``PipelineError`` is a bug, and where it happened decides what it means
+(``Scope``): while handling one record it ends that record (``INTERNAL_ERROR``, FAILED
+result + dead letter), so a record that trips a bug cannot crash-loop the group on
+replay; in a shared resource (the engine, the broker, the loop itself) it is fatal.
 """
 
 from __future__ import annotations
@@ -88,6 +92,12 @@ class ImageUriError(PoisonRecordError):
     error_code = "IMAGE_URI"
 
 
+class DecodeTimeoutError(PoisonRecordError):
+    """The document's pages took longer to decode than OCR_DECODE_TIMEOUT_S."""
+
+    error_code = "DECODE_TIMEOUT"
+
+
 class PageFailedError(PoisonRecordError):
     """A page the engine could not read (timeout, engine rejected the input)."""
 
@@ -106,22 +116,34 @@ class ConfigurationError(FatalError):
     error_code = "CONFIGURATION"
 
 
+INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
 class Action(enum.Enum):
     RETRY = "retry"
     DEAD_LETTER = "dead_letter"
     CRASH = "crash"
 
 
-def classify(exc: BaseException) -> Action:
+class Scope(enum.Enum):
+    """Where an error happened: what it can have damaged."""
+
+    RECORD = "record"  # handling one record: its bytes, its pages, its result
+    SHARED = "shared"  # the engine, the broker, the loop: every record depends on it
+
+
+def classify(exc: BaseException, scope: Scope = Scope.SHARED) -> Action:
     """Decide what the worker does with an error: the only place this is decided."""
     if isinstance(exc, TransientError):
         return Action.RETRY
     if isinstance(exc, PoisonRecordError):
         return Action.DEAD_LETTER
-    return Action.CRASH
+    if isinstance(exc, PipelineError) or not isinstance(exc, Exception):
+        return Action.CRASH  # FatalError; CancelledError, KeyboardInterrupt, SystemExit
+    return Action.DEAD_LETTER if scope is Scope.RECORD else Action.CRASH
 
 
 def error_code(exc: BaseException) -> str:
     if isinstance(exc, PipelineError):
         return exc.error_code
-    return "INTERNAL"
+    return INTERNAL_ERROR

@@ -105,12 +105,34 @@ class LimitSettings(_Group):
         100_000_000, ge=1, validation_alias=_env("OCR_MAX_PIXELS")
     )  # per page, checked from the header before decoding (decompression bombs)
     max_side_px: int = Field(4096, ge=64, validation_alias=_env("OCR_MAX_SIDE_PX"))
+    # All pages of one document together, from the headers before decoding: 50 A4 pages
+    # at 400 dpi fit; a 50-page TIFF of 100-megapixel pages does not.
+    max_document_pixels: int = Field(
+        1_000_000_000, ge=1, validation_alias=_env("OCR_MAX_DOCUMENT_PIXELS")
+    )
+    # A document whose pages take longer to decode fails (the decode is abandoned).
+    decode_timeout_s: float = Field(
+        60.0, gt=0, validation_alias=_env("OCR_DECODE_TIMEOUT_S")
+    )
     # file:// image URIs are read only below these folders (comma separated); empty = refused.
     file_uri_roots: str = Field("", validation_alias=_env("OCR_FILE_URI_ROOTS"))
+    uri_read_timeout_s: float = Field(
+        10.0, gt=0, validation_alias=_env("OCR_URI_READ_TIMEOUT_S")
+    )
+    # What a request may carry; more is INVALID_REQUEST before any work is done.
+    max_id_chars: int = Field(256, ge=1, validation_alias=_env("OCR_MAX_ID_CHARS"))
+    max_attributes: int = Field(64, ge=0, validation_alias=_env("OCR_MAX_ATTRIBUTES"))
+    max_attributes_bytes: int = Field(
+        16 * 1024, ge=0, validation_alias=_env("OCR_MAX_ATTRIBUTES_BYTES")
+    )
+    max_prompt_bytes: int = Field(
+        16 * 1024, ge=1, validation_alias=_env("OCR_MAX_PROMPT_BYTES")
+    )
 
     def uri_roots(self) -> tuple[str, ...]:
+        """The allowed folders, blanks stripped and symbolic links resolved."""
         return tuple(
-            os.path.abspath(root)
+            os.path.realpath(root.strip())
             for root in self.file_uri_roots.split(",")
             if root.strip()
         )
@@ -131,6 +153,10 @@ class BatchSettings(_Group):
         60.0, gt=0, validation_alias=_env("OCR_DRAIN_TIMEOUT_S")
     )
     publish_progress: bool = Field(False, validation_alias=_env("OCR_PUBLISH_PROGRESS"))
+    # Records in flight and no page finished for this long: /health answers 503.
+    stall_timeout_s: float = Field(
+        600.0, gt=0, validation_alias=_env("OCR_STALL_TIMEOUT_S")
+    )
 
 
 class TesseractSettings(_Group):

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from consumers import errors
-from consumers.errors import Action, PipelineError, classify, error_code
+from consumers.errors import Action, PipelineError, Scope, classify, error_code
 from consumers.retry import RetriesExhaustedError
 from consumers.worker import WorkerFailedError
 
@@ -25,6 +25,7 @@ TABLE: list[tuple[type[BaseException], Action, str]] = [
     (errors.PixelLimitError, Action.DEAD_LETTER, "PIXEL_LIMIT"),
     (errors.TooManyPagesError, Action.DEAD_LETTER, "TOO_MANY_PAGES"),
     (errors.ImageUriError, Action.DEAD_LETTER, "IMAGE_URI"),
+    (errors.DecodeTimeoutError, Action.DEAD_LETTER, "DECODE_TIMEOUT"),
     (errors.PageFailedError, Action.DEAD_LETTER, "PAGE_FAILED"),
     (errors.FatalError, Action.CRASH, "FATAL"),
     (errors.EngineDeadError, Action.CRASH, "ENGINE_DEAD"),
@@ -69,25 +70,49 @@ def test_error_codes_are_unique() -> None:
     assert not duplicates, duplicates
 
 
-@pytest.mark.parametrize(
-    "exc",
-    [
-        ValueError("bug"),
-        KeyError("bug"),
-        TypeError("bug"),
-        RuntimeError("bug"),
-        OSError("disk"),
-        TimeoutError("slow"),
-        asyncio.CancelledError(),
-        KeyboardInterrupt(),
-    ],
-    ids=lambda exc: type(exc).__name__,
-)
-def test_unknown_exceptions_crash_and_are_never_dead_letters(
+BUGS = [
+    ValueError("bug"),
+    KeyError("bug"),
+    TypeError("bug"),
+    RuntimeError("bug"),
+    OSError("disk"),
+    OverflowError("bug"),
+    MemoryError(),
+    TimeoutError("slow"),
+]
+
+
+@pytest.mark.parametrize("exc", BUGS, ids=lambda exc: type(exc).__name__)
+def test_unknown_exceptions_in_a_shared_resource_crash(exc: BaseException) -> None:
+    assert classify(exc) is Action.CRASH
+    assert classify(exc, Scope.SHARED) is Action.CRASH
+    assert error_code(exc) == "INTERNAL_ERROR"
+
+
+@pytest.mark.parametrize("exc", BUGS, ids=lambda exc: type(exc).__name__)
+def test_unknown_exceptions_while_handling_one_record_end_that_record(
     exc: BaseException,
 ) -> None:
-    assert classify(exc) is Action.CRASH
-    assert error_code(exc) == "INTERNAL"
+    assert classify(exc, Scope.RECORD) is Action.DEAD_LETTER
+    assert error_code(exc) == "INTERNAL_ERROR"
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [asyncio.CancelledError(), KeyboardInterrupt(), SystemExit(1)],
+    ids=lambda exc: type(exc).__name__,
+)
+@pytest.mark.parametrize("scope", list(Scope))
+def test_cancellation_and_interrupts_are_never_dead_letters(
+    exc: BaseException, scope: Scope
+) -> None:
+    assert classify(exc, scope) is Action.CRASH
+
+
+@pytest.mark.parametrize("scope", list(Scope))
+def test_fatal_errors_stay_fatal_in_any_scope(scope: Scope) -> None:
+    assert classify(errors.EngineDeadError("gone"), scope) is Action.CRASH
+    assert classify(RetriesExhaustedError("still busy"), scope) is Action.CRASH
 
 
 def test_poison_subclass_keeps_its_own_code() -> None:
