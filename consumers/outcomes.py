@@ -10,6 +10,7 @@ import contextlib
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeAlias
 
 from aiokafka.structs import ConsumerRecord
 
@@ -19,7 +20,7 @@ from schemas import DeadLetter, DocumentStatus, OcrRequest, OcrResult, PageText
 from schemas.records import FORM_FEED, RecordHeader, utc_now
 
 # aiokafka ships no type information: a consumed record is typed by hand here.
-Msg = ConsumerRecord
+Msg: TypeAlias = ConsumerRecord
 
 
 @dataclass(frozen=True)
