@@ -18,9 +18,13 @@ from typing import Any
 
 import fastavro
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
+from fastavro.validation import validate
 
 MAGIC = b"\xc3\x01"
 HEADER_BYTES = len(MAGIC) + 8
+
+# fastavro's messages may quote the value (a whole 11 MiB string): a reason is cut to this.
+REASON_CHARS = 200
 
 
 class CodecError(ValueError):
@@ -46,13 +50,23 @@ class AvroCodec:
             self._writers.setdefault(schema_fingerprint(old), parse_schema(dict(old)))
 
     def encode(self, record: Mapping[str, Any]) -> bytes:
+        """The single-object bytes of ``record``; ``CodecError`` if it does not fit.
+
+        The record is validated first: fastavro's writer alone would write an ``int``
+        field of 2**40 that other Avro libraries then refuse to read.
+        """
         body = io.BytesIO()
         body.write(MAGIC)
         body.write(self.fingerprint)
         try:
+            validate(dict(record), self._schema, raise_errors=True)
             fastavro.schemaless_writer(body, self._schema, dict(record))
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise CodecError(f"record does not fit {self.name}: {exc}") from exc
+        except MemoryError:
+            raise
+        # A value fastavro cannot write raises whatever its code path happens to
+        # (ValidationError, OverflowError, TypeError...): all mean "this value".
+        except Exception as exc:
+            raise CodecError(f"record does not fit {self.name}: {reason(exc)}") from exc
         return body.getvalue()
 
     def decode(self, raw: bytes) -> dict[str, Any]:
@@ -66,15 +80,14 @@ class AvroCodec:
         body = io.BytesIO(raw[HEADER_BYTES:])
         try:
             record = fastavro.schemaless_reader(body, writer, self._schema)
-        except (
-            ValueError,
-            TypeError,
-            KeyError,
-            EOFError,
-            IndexError,
-            UnicodeError,
-        ) as exc:
-            raise CodecError(f"corrupt {self.name} body: {exc}") from exc
+        except MemoryError:
+            raise  # the process's trouble, not the record's
+        # Reading in-memory bytes through a parsed, non-recursive schema touches nothing
+        # shared, so whatever fastavro raises is about these bytes: EOFError, ValueError,
+        # IndexError, OverflowError (a timestamp of 2**62 ms)... A declared length larger
+        # than the body cannot allocate it: BytesIO.read returns what there is.
+        except Exception as exc:
+            raise CodecError(f"corrupt {self.name} body: {reason(exc)}") from exc
         if not isinstance(record, dict):
             raise CodecError(f"{self.name} body is not a record")
         if body.tell() != len(raw) - HEADER_BYTES:
@@ -82,6 +95,14 @@ class AvroCodec:
                 f"{self.name} body has trailing bytes: wrong schema or corrupt"
             )
         return record
+
+
+def reason(exc: BaseException) -> str:
+    """The exception's class and the start of its message, never a whole quoted value."""
+    text = " ".join(str(exc)[: REASON_CHARS + 1].split())
+    if len(text) > REASON_CHARS:
+        text = text[:REASON_CHARS] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def read_schema(name: str) -> dict[str, Any]:

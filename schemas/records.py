@@ -103,6 +103,7 @@ class OcrResult(_Avro):
     source_partition: int = -1
     source_offset: int = -1
     worker_id: str = ""
+    omitted_fields: list[str] = field(default_factory=list)
 
     def to_avro(self) -> dict[str, Any]:
         record = asdict(self)
@@ -140,6 +141,7 @@ class DeadLetter(_Avro):
     document_id: str | None = None
     attempts: int = 1
     worker_id: str = ""
+    omitted_fields: list[str] = field(default_factory=list)
 
     @classmethod
     def from_avro(cls, record: dict[str, Any]) -> Self:
