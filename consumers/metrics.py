@@ -33,6 +33,9 @@ class WorkerMetrics:
             ["error_code"],
             registry=registry,
         )
+        # At 0 from the start: the first INTERNAL_ERROR is then an increase that
+        # Prometheus sees (a series born at 1 has no increase), and its alert fires.
+        self.dead_letters.labels(error_code="INTERNAL_ERROR")
         self.retries = Counter(
             "ocr_retries",
             "Retries of transient errors and of pages that failed a quality check.",
@@ -81,12 +84,18 @@ class WorkerMetrics:
         )
         self.engine_up = Gauge(
             "ocr_engine_up",
-            "1 while the OCR engine is loaded and healthy.",
+            "1 while the engine is loaded, nothing failed and work is not stalled.",
             registry=registry,
         )
         self.ready = Gauge(
             "ocr_worker_ready",
-            "1 while the engine is loaded and the consumer has its assignment.",
+            "1 while the worker is healthy, has its assignment and reaches the broker.",
+            registry=registry,
+        )
+        self.stalled = Gauge(
+            "ocr_worker_stalled",
+            "1 while records are in flight and none of their pages finished within "
+            "OCR_STALL_TIMEOUT_S.",
             registry=registry,
         )
         self.commits = Counter(

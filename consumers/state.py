@@ -9,12 +9,47 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 from aiokafka import TopicPartition
 
-from consumers.engines import OcrEngine
+from consumers.engines import EngineHealth, OcrEngine
 
 DEFAULT_STALL_TIMEOUT_S = 600.0
+
+HealthStatus = Literal["ok", "starting", "stalled", "failed"]
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """One look at the worker, taken with a single ``engine.health()`` call."""
+
+    engine: EngineHealth
+    failure: str | None
+    stalled: bool
+    idle_s: float  # since the last finished page or record (or work arriving)
+    joined: bool
+    stopping: bool
+    broker_reachable: bool
+
+    @property
+    def status(self) -> HealthStatus:
+        """``failed`` and ``stalled`` are unhealthy; ``starting`` is not (yet) a fault."""
+        if self.failure is not None:
+            return "failed"
+        if self.stalled:
+            return "stalled"
+        return "ok" if self.engine.loaded else "starting"
+
+    @property
+    def healthy(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def ready(self) -> bool:
+        return (
+            self.healthy and self.joined and not self.stopping and self.broker_reachable
+        )
 
 
 @dataclass
@@ -50,16 +85,21 @@ class WorkerState:
         idle_s = now - self.last_progress_at
         return self.inflight_records > 0 and idle_s > self.stall_timeout_s
 
-    def healthy(self) -> bool:
-        """The engine is loaded, nothing fatal has happened and work is not stuck."""
-        return (
-            self.engine.health().loaded and self.failure is None and not self.stalled()
+    def check(self, now: float | None = None) -> HealthCheck:
+        now = time.monotonic() if now is None else now
+        return HealthCheck(
+            engine=self.engine.health(),
+            failure=self.failure,
+            stalled=self.stalled(now),
+            idle_s=now - self.last_progress_at,
+            joined=self.joined,
+            stopping=self.stopping,
+            broker_reachable=self.broker_reachable,
         )
 
+    def healthy(self) -> bool:
+        """The engine is loaded, nothing fatal has happened and work is not stuck."""
+        return self.check().healthy
+
     def ready(self) -> bool:
-        return (
-            self.healthy()
-            and self.joined
-            and not self.stopping
-            and self.broker_reachable
-        )
+        return self.check().ready
