@@ -2,25 +2,73 @@
 
 Every outcome the worker publishes is built here, from whatever is known of the record
 when it ends: a request that never decoded still gets a result keyed by a usable id.
+
+No outcome exceeds the producer's size limit (``max_record_bytes``, its
+``max_request_size``), whatever the record carried:
+
+- ids are bounded: a ``document_id`` or key that is blank, longer than ``max_id_chars``
+  or not printable text is not used; the record's position ``topic-partition-offset`` is;
+- error messages are cut to ``MAX_ERROR_MESSAGE_CHARS``;
+- a result too large drops the fields it echoes from the request (``RESULT_ECHOES``, in
+  order); if the recognised text alone is too large the document FAILS with
+  ``RESULT_TOO_LARGE`` and a dead letter (text cut short would pass for the whole);
+- a dead letter too large drops the original value, then headers, then key; its source
+  topic, partition and offset still locate the original. A key longer than an id may
+  be (``max_id_chars`` UTF-8 characters) is never sent.
+
+Each record lists what it left out in ``omitted_fields``, in the order dropped.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 from aiokafka.structs import ConsumerRecord
 
 from consumers.engines import PageResult, PageStatus
-from consumers.errors import PageFailedError, PipelineError, error_code
+from consumers.errors import (
+    PageFailedError,
+    PipelineError,
+    PoisonRecordError,
+    error_code,
+)
+from producers.kafka import ENVELOPE_BYTES, ProducerOptions
+from producers.results import dead_letter_key, result_key
 from schemas import DeadLetter, DocumentStatus, OcrRequest, OcrResult, PageText
 from schemas.records import FORM_FEED, RecordHeader, utc_now
 
 # aiokafka ships no type information: a consumed record is typed by hand here.
 Msg: TypeAlias = ConsumerRecord
+
+# What the worker's producer accepts by default (producers.kafka.build_producer).
+DEFAULT_MAX_RECORD_BYTES = ProducerOptions().max_document_bytes + ENVELOPE_BYTES
+# Kafka's framing of one record, which the producer counts against its limit: aiokafka
+# estimates a 61-byte batch header plus at most 21 bytes a record (results and dead
+# letters carry no headers); 1 KiB leaves room for any change there.
+RECORD_OVERHEAD_BYTES = 1024
+# Below this even a record with every echoed field dropped might not fit.
+MIN_RECORD_BYTES = 64 * 1024
+MAX_ID_CHARS = 256  # OCR_MAX_ID_CHARS' default
+UTF8_MAX_BYTES_PER_CHAR = 4
+MAX_ERROR_MESSAGE_CHARS = 1024
+
+# What a too-large record leaves out, in this order, until it fits.
+RESULT_ECHOES = ("attributes", "correlation_id", "source_system")
+DEAD_LETTER_DROPS = ("value", "headers", "key")
+
+
+class ResultTooLargeError(PoisonRecordError):
+    """The recognised text does not fit one result under the producer's size limit.
+
+    Belongs in consumers/errors.py beside the other poison errors.
+    """
+
+    error_code = "RESULT_TOO_LARGE"
 
 
 @dataclass(frozen=True)
@@ -35,11 +83,23 @@ def where(msg: Msg) -> str:
 
 @dataclass(frozen=True)
 class OutcomeBuilder:
-    """Builds results and dead letters stamped with this worker's engine and id."""
+    """Builds results and dead letters stamped with this worker's engine and id, each
+    under ``max_record_bytes`` (the producer's ``max_request_size``)."""
 
     engine: str
     model: str
     worker_id: str
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    max_id_chars: int = MAX_ID_CHARS
+
+    def __post_init__(self) -> None:
+        if self.max_record_bytes < MIN_RECORD_BYTES:
+            raise ValueError(
+                f"max_record_bytes is {self.max_record_bytes}; "
+                f"at least {MIN_RECORD_BYTES} is needed"
+            )
+        if self.max_id_chars < 1:
+            raise ValueError(f"max_id_chars is {self.max_id_chars}; at least 1")
 
     def failed(
         self,
@@ -60,7 +120,7 @@ class OutcomeBuilder:
             error_code=error_code(exc),
             error_message=describe(exc),
         )
-        return Outcome(result, self._dead_letter(msg, exc, request))
+        return Outcome(self._fit_result(result), self._dead_letter(msg, exc, request))
 
     def finished(
         self,
@@ -73,18 +133,20 @@ class OutcomeBuilder:
         """Every page was tried; the record failed if any page did."""
         failed = [p for p in pages if p.status == "FAILED"]
         if not failed:
-            return Outcome(
-                self._result(
-                    msg,
-                    request,
-                    digest,
-                    started,
-                    status=DocumentStatus.OK,
-                    pages=pages,
-                    error_code=None,
-                    error_message=None,
-                )
+            result = self._result(
+                msg,
+                request,
+                digest,
+                started,
+                status=DocumentStatus.OK,
+                pages=pages,
+                error_code=None,
+                error_message=None,
             )
+            fitted = self._fit_result(result)
+            if self._fits_result(fitted):
+                return Outcome(fitted)
+            return self._too_large(msg, request, digest, result, started)
         message = f"pages {', '.join(str(p.page_number) for p in failed)} failed"
         result = self._result(
             msg,
@@ -96,8 +158,42 @@ class OutcomeBuilder:
             error_code=PageFailedError.error_code,
             error_message=message,
         )
+        fitted = self._fit_result(result)
+        if not self._fits_result(fitted):
+            return self._too_large(msg, request, digest, result, started)
         letter = self._dead_letter(msg, PageFailedError(message), request)
-        return Outcome(result, letter)
+        return Outcome(fitted, letter)
+
+    def _too_large(
+        self,
+        msg: Msg,
+        request: OcrRequest,
+        digest: str | None,
+        whole: OcrResult,
+        started: float,
+    ) -> Outcome:
+        """The text does not fit: a FAILED result without it, and a dead letter."""
+        exc = ResultTooLargeError(
+            f"the text of {whole.page_count} pages is {len(whole.text.encode())} bytes;"
+            f" a result may be {self.max_record_bytes} bytes with everything else"
+        )
+        result = self._result(
+            msg,
+            request,
+            digest,
+            started,
+            status=DocumentStatus.FAILED,
+            pages=[],
+            error_code=exc.error_code,
+            error_message=describe(exc),
+        )
+        result = dataclasses.replace(
+            result,
+            page_count=whole.page_count,
+            token_count=whole.token_count,
+            omitted_fields=[*result.omitted_fields, "text", "pages"],
+        )
+        return Outcome(self._fit_result(result), self._dead_letter(msg, exc, request))
 
     def _result(
         self,
@@ -113,15 +209,16 @@ class OutcomeBuilder:
     ) -> OcrResult:
         completed = utc_now()
         submitted = request.submitted_at if request else None
+        document_id, omitted = self._document_id(msg, request)
         return OcrResult(
-            document_id=document_id_of(msg, request),
+            document_id=document_id,
             status=status,
             completed_at=completed,
             text=FORM_FEED.join(p.text for p in pages),
             pages=pages,
             page_count=len(pages),
             error_code=error_code,
-            error_message=error_message,
+            error_message=None if error_message is None else bounded(error_message),
             model=self.model,
             engine=self.engine,
             processing_time_ms=round((time.monotonic() - started) * 1000),
@@ -136,25 +233,92 @@ class OutcomeBuilder:
             source_partition=msg.partition,
             source_offset=msg.offset,
             worker_id=self.worker_id,
+            omitted_fields=omitted,
         )
 
     def _dead_letter(
         self, msg: Msg, exc: BaseException, request: OcrRequest | None
     ) -> DeadLetter:
-        return DeadLetter(
+        document_id, omitted = self._document_id(msg, request)
+        letter = DeadLetter(
             source_topic=msg.topic,
             source_partition=msg.partition,
             source_offset=msg.offset,
             error_class=type(exc).__name__,
             error_code=error_code(exc),
-            error_message=describe(exc),
+            error_message=bounded(describe(exc)),
             failed_at=utc_now(),
             key=msg.key,
             value=msg.value,
             headers=[RecordHeader(k, v) for k, v in (msg.headers or ())],
-            document_id=document_id_of(msg, request),
+            document_id=document_id,
             worker_id=self.worker_id,
+            omitted_fields=omitted,
         )
+        if (
+            msg.key is not None
+            and len(msg.key) > self.max_id_chars * UTF8_MAX_BYTES_PER_CHAR
+        ):
+            letter = omit(letter, "key")
+        for name in DEAD_LETTER_DROPS:
+            if self._fits(letter.encode(), dead_letter_key(letter)):
+                break
+            letter = omit(letter, name)
+        return letter
+
+    def _document_id(
+        self, msg: Msg, request: OcrRequest | None
+    ) -> tuple[str, list[str]]:
+        """The id to use, and ``["document_id"]`` when the request's own was refused."""
+        document_id = document_id_of(msg, request, self.max_id_chars)
+        refused = (
+            request is not None
+            and bool(request.document_id.strip())
+            and document_id != request.document_id
+        )
+        return document_id, ["document_id"] if refused else []
+
+    def _fit_result(self, result: OcrResult) -> OcrResult:
+        for name in RESULT_ECHOES:
+            if self._fits_result(result):
+                break
+            result = omit(result, name)
+        return result
+
+    def _fits_result(self, result: OcrResult) -> bool:
+        return self._fits(result.encode(), result_key(result))
+
+    def _fits(self, value: bytes, key: bytes | None) -> bool:
+        size = len(value) + len(key or b"") + RECORD_OVERHEAD_BYTES
+        return size <= self.max_record_bytes
+
+
+_Omittable = TypeVar("_Omittable", OcrResult, DeadLetter)
+
+
+def omit(record: _Omittable, name: str) -> _Omittable:
+    """``record`` with field ``name`` at its default, listed in ``omitted_fields``;
+    unchanged (and not listed) when it is at its default already."""
+    spec = next(f for f in dataclasses.fields(record) if f.name == name)
+    empty: Any = (
+        spec.default_factory()
+        if spec.default_factory is not dataclasses.MISSING
+        else spec.default
+    )
+    if getattr(record, name) == empty:
+        return record
+    changes: dict[str, Any] = {
+        name: empty,
+        "omitted_fields": [*record.omitted_fields, name],
+    }
+    return dataclasses.replace(record, **changes)
+
+
+def bounded(message: str) -> str:
+    """An error message cut to ``MAX_ERROR_MESSAGE_CHARS`` (it may quote the request)."""
+    if len(message) <= MAX_ERROR_MESSAGE_CHARS:
+        return message
+    return message[: MAX_ERROR_MESSAGE_CHARS - 1] + "…"
 
 
 def describe(exc: BaseException) -> str:
@@ -177,18 +341,28 @@ def page_text(number: int, result: PageResult) -> PageText:
     )
 
 
-def document_id_of(msg: Msg, request: OcrRequest | None) -> str:
+def usable_id(text: str, max_chars: int = MAX_ID_CHARS) -> bool:
+    """An id a result can be keyed by: not blank, at most ``max_chars``, printable."""
+    return bool(text.strip()) and len(text) <= max_chars and text.isprintable()
+
+
+def document_id_of(
+    msg: Msg, request: OcrRequest | None, max_chars: int = MAX_ID_CHARS
+) -> str:
     """The request's id; without a usable one, the record key, else its position."""
-    if request is not None and request.document_id.strip():
+    if request is not None and usable_id(request.document_id, max_chars):
         return request.document_id
-    return fallback_document_id(msg)
+    return fallback_document_id(msg, max_chars)
 
 
-def fallback_document_id(msg: Msg) -> str:
-    """The record key when it is readable text, else the record's position."""
-    if msg.key:
+def fallback_document_id(msg: Msg, max_chars: int = MAX_ID_CHARS) -> str:
+    """The record key when it is a usable id in UTF-8, else the record's position."""
+    key: bytes | None = msg.key
+    if key and len(key) <= max_chars * UTF8_MAX_BYTES_PER_CHAR:
         with contextlib.suppress(UnicodeDecodeError):
-            return str(msg.key.decode("utf-8"))
+            text = key.decode("utf-8")
+            if usable_id(text, max_chars):
+                return text
     return f"{msg.topic}-{msg.partition}-{msg.offset}"
 
 

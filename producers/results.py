@@ -10,6 +10,16 @@ from aiokafka.structs import RecordMetadata
 from schemas import DeadLetter, OcrResult, PageProgress
 
 
+def result_key(result: OcrResult) -> bytes:
+    """The Kafka key of a result: its document id (bounded where the result is built)."""
+    return result.document_id.encode()
+
+
+def dead_letter_key(letter: DeadLetter) -> bytes | None:
+    """The Kafka key of a dead letter: the original key, or none where it was left out."""
+    return letter.key
+
+
 class ResultPublisher:
     """Sends results keyed by document id; each ``send_*`` returns the delivery future."""
 
@@ -28,7 +38,7 @@ class ResultPublisher:
 
     async def send_result(self, result: OcrResult) -> asyncio.Future[RecordMetadata]:
         future: asyncio.Future[RecordMetadata] = await self._producer.send(
-            self._result_topic, result.encode(), key=result.document_id.encode()
+            self._result_topic, result.encode(), key=result_key(result)
         )
         return future
 
@@ -36,7 +46,7 @@ class ResultPublisher:
         self, letter: DeadLetter
     ) -> asyncio.Future[RecordMetadata]:
         future: asyncio.Future[RecordMetadata] = await self._producer.send(
-            self._dlq_topic, letter.encode(), key=letter.key
+            self._dlq_topic, letter.encode(), key=dead_letter_key(letter)
         )
         return future
 
