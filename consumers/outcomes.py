@@ -120,7 +120,8 @@ class OutcomeBuilder:
             error_code=error_code(exc),
             error_message=describe(exc),
         )
-        return Outcome(self._fit_result(result), self._dead_letter(msg, exc, request))
+        fitted, _ = self._fit_result(result)  # fits: MIN_RECORD_BYTES, no text
+        return Outcome(fitted, self._dead_letter(msg, exc, request))
 
     def finished(
         self,
@@ -143,8 +144,8 @@ class OutcomeBuilder:
                 error_code=None,
                 error_message=None,
             )
-            fitted = self._fit_result(result)
-            if self._fits_result(fitted):
+            fitted, fits = self._fit_result(result)
+            if fits:
                 return Outcome(fitted)
             return self._too_large(msg, request, digest, result, started)
         message = f"pages {', '.join(str(p.page_number) for p in failed)} failed"
@@ -158,8 +159,8 @@ class OutcomeBuilder:
             error_code=PageFailedError.error_code,
             error_message=message,
         )
-        fitted = self._fit_result(result)
-        if not self._fits_result(fitted):
+        fitted, fits = self._fit_result(result)
+        if not fits:
             return self._too_large(msg, request, digest, result, started)
         letter = self._dead_letter(msg, PageFailedError(message), request)
         return Outcome(fitted, letter)
@@ -193,7 +194,8 @@ class OutcomeBuilder:
             token_count=whole.token_count,
             omitted_fields=[*result.omitted_fields, "text", "pages"],
         )
-        return Outcome(self._fit_result(result), self._dead_letter(msg, exc, request))
+        fitted, _ = self._fit_result(result)
+        return Outcome(fitted, self._dead_letter(msg, exc, request))
 
     def _result(
         self,
@@ -278,12 +280,16 @@ class OutcomeBuilder:
         )
         return document_id, ["document_id"] if refused else []
 
-    def _fit_result(self, result: OcrResult) -> OcrResult:
+    def _fit_result(self, result: OcrResult) -> tuple[OcrResult, bool]:
+        """``result`` with echoed fields dropped in order until it fits, and whether
+        it does (one encode when it fits as it is)."""
+        fits = self._fits_result(result)
         for name in RESULT_ECHOES:
-            if self._fits_result(result):
+            if fits:
                 break
             result = omit(result, name)
-        return result
+            fits = self._fits_result(result)
+        return result, fits
 
     def _fits_result(self, result: OcrResult) -> bool:
         return self._fits(result.encode(), result_key(result))
