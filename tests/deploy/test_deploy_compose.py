@@ -76,10 +76,33 @@ def test_secrets_come_from_the_environment() -> None:
         env = _env(service)
         for secret in SECRET_NAMES:
             if secret in env:
-                assert re.fullmatch(rf"\$\{{{secret}:?-\}}", env[secret]), (
+                assert re.fullmatch(rf"\$\{{{secret}(:?-|:\?[^}}]+)\}}", env[secret]), (
                     name,
                     secret,
                 )
+
+
+def test_workers_refuse_to_start_without_an_api_key() -> None:
+    """The sidecar listens on 0.0.0.0: /metrics is never served without a key."""
+    services = load_compose()["services"]
+    for name in ("worker", "worker-cpu"):
+        env = _env(services[name])
+        assert env["HOST"] == "0.0.0.0", name
+        assert re.fullmatch(r"\$\{API_KEY:\?[^}]+\}", env["API_KEY"]), name
+
+
+def test_prometheus_scrapes_with_the_workers_key() -> None:
+    compose = load_compose()
+    (secret,) = compose["services"]["prometheus"]["secrets"]
+    assert compose["secrets"][secret] == {"environment": "API_KEY"}
+    scrape = yaml.safe_load(
+        (REPO / "deploy" / "prometheus" / "prometheus.yml").read_text("utf-8")
+    )
+    (job,) = scrape["scrape_configs"]
+    assert job["authorization"] == {
+        "type": "Bearer",
+        "credentials_file": f"/run/secrets/{secret}",
+    }
 
 
 def test_idempotence_stays_on_against_apache_kafka() -> None:

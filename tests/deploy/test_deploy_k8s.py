@@ -134,6 +134,9 @@ def test_worker_sets_only_settings_the_worker_reads() -> None:
 
 def test_probes_resources_and_grace_period() -> None:
     worker = _worker()
+    # /health answers 200 while the model loads and 503 once failed or stalled:
+    # the restart probes; /ready (503 also while loading or draining) gates traffic
+    assert worker["startupProbe"]["httpGet"]["path"] == "/health"
     assert worker["livenessProbe"]["httpGet"]["path"] == "/health"
     assert worker["readinessProbe"]["httpGet"]["path"] == "/ready"
     env = _env_values(worker)
@@ -155,6 +158,20 @@ def test_sasl_credentials_come_from_a_secret() -> None:
     env = _env_values(_worker())
     for name in ("KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"):
         assert set(env[name]) == {"secretKeyRef"}, name
+
+
+def test_the_api_key_comes_from_a_secret_the_monitor_also_reads() -> None:
+    """The sidecar listens on 0.0.0.0: the key is required, and Prometheus sends it."""
+    env = _env_values(_worker())
+    assert env["HOST"] == "0.0.0.0"
+    ref = env["API_KEY"]["secretKeyRef"]
+    assert not ref.get("optional", False)  # no Secret, no pod: never an open /metrics
+    (endpoint,) = k8s_kind("ServiceMonitor")[0]["spec"]["endpoints"]
+    assert endpoint["authorization"]["type"] == "Bearer"
+    credentials = endpoint["authorization"]["credentials"]
+    assert (credentials["name"], credentials["key"]) == (ref["name"], ref["key"])
+    # created with kubectl (deploy/README.md), never shipped with a placeholder value
+    assert not k8s_kind("Secret")
 
 
 def test_autoscaling_follows_the_workers_consumer_group() -> None:

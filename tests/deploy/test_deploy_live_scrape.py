@@ -1,10 +1,11 @@
 """A real Prometheus scrapes a real worker and finds the pipeline's metrics.
 
-``medocr broker`` (embedded), ``medocr worker`` (Tesseract) and ``medocr publish`` of
-the bundled samples run as child processes; Prometheus (Debian's binary) runs on a free
-loopback port with its own storage, scrapes the sidecar every second and loads
-``deploy/prometheus/alerts.yml``. The test then asks Prometheus's HTTP API, the way
-Grafana and the alert rules will.
+``medocr broker`` (embedded), ``medocr worker`` (Tesseract, with an ``API_KEY``) and
+``medocr publish`` of the bundled samples run as child processes; Prometheus (Debian's
+binary) runs on a free loopback port with its own storage, scrapes the sidecar every
+second with the shipped job's ``authorization`` (its key file moved to a temporary
+folder) and loads ``deploy/prometheus/alerts.yml``. The test then asks Prometheus's
+HTTP API, the way Grafana and the alert rules will.
 """
 
 from __future__ import annotations
@@ -88,6 +89,22 @@ def _value(prometheus: str, expr: str) -> float:
     return float(result[0]["value"][1]) if result else 0.0
 
 
+API_KEY = "live-scrape-k3y"
+
+
+def _scrape_job(sidecar_port: int, key_file: Path) -> dict[str, Any]:
+    """The shipped medocr-worker job, pointed at one loopback worker."""
+    shipped = yaml.safe_load(
+        (DEPLOY / "prometheus" / "prometheus.yml").read_text("utf-8")
+    )
+    (job,) = shipped["scrape_configs"]
+    assert job["job_name"] == "medocr-worker"
+    del job["dns_sd_configs"]
+    job["static_configs"] = [{"targets": [f"127.0.0.1:{sidecar_port}"]}]
+    job["authorization"]["credentials_file"] = str(key_file)
+    return dict(job)
+
+
 def test_prometheus_scrapes_pipeline_metrics_from_a_running_worker(
     prometheus_bin: str, tmp_path: Path
 ) -> None:
@@ -107,20 +124,18 @@ def test_prometheus_scrapes_pipeline_metrics_from_a_running_worker(
         TESSERACT_WORKERS="1",
         HOST="127.0.0.1",
         PORT=str(sidecar_port),
+        API_KEY=API_KEY,
         PYTHONUNBUFFERED="1",
     )
+    key_file = tmp_path / "medocr_api_key"
+    key_file.write_text(API_KEY + "\n", encoding="utf-8")  # Prometheus trims it
     config = tmp_path / "prometheus.yml"
     config.write_text(
         yaml.safe_dump(
             {
                 "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
                 "rule_files": [str(DEPLOY / "prometheus" / "alerts.yml")],
-                "scrape_configs": [
-                    {
-                        "job_name": "medocr-worker",
-                        "static_configs": [{"targets": [f"127.0.0.1:{sidecar_port}"]}],
-                    }
-                ],
+                "scrape_configs": [_scrape_job(sidecar_port, key_file)],
             }
         ),
         encoding="utf-8",
@@ -156,6 +171,9 @@ def test_prometheus_scrapes_pipeline_metrics_from_a_running_worker(
             logs["worker"],
         )
         assert worker.poll() is None, logs["worker"].read_text("utf-8", "replace")
+        # the key is on: a scrape without it is refused, the probes stay open
+        assert _answers(f"http://127.0.0.1:{sidecar_port}/metrics", 401)
+        assert _answers(f"http://127.0.0.1:{sidecar_port}/health")
 
         stack.enter_context(
             _child(
@@ -227,7 +245,7 @@ def test_prometheus_scrapes_pipeline_metrics_from_a_running_worker(
             "groups"
         ]
         rules = [rule for group in groups for rule in group["rules"]]
-        assert len(rules) == 8
+        assert len(rules) == 10
         assert all(rule["health"] != "err" for rule in rules), rules
         firing = _query(prometheus, 'ALERTS{alertstate="firing"}')
         assert firing == []

@@ -31,9 +31,32 @@ def _load(path: Path) -> Any:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
-def test_scrape_config_is_valid(promtool: str) -> None:
-    done = _promtool(promtool, "check", "config", "prometheus.yml")
+def _scrape_config_with_a_key_file(tmp_path: Path) -> Path:
+    """prometheus.yml with its key file (a compose secret) and rules moved to tmp_path:
+    promtool checks that both exist."""
+    config = _load(PROMETHEUS_DIR / "prometheus.yml")
+    key_file = tmp_path / "medocr_api_key"
+    key_file.write_text("k3y\n", encoding="utf-8")
+    for job in config["scrape_configs"]:
+        job["authorization"]["credentials_file"] = str(key_file)
+    config["rule_files"] = [str(PROMETHEUS_DIR / name) for name in config["rule_files"]]
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def test_scrape_config_is_valid(promtool: str, tmp_path: Path) -> None:
+    config = _scrape_config_with_a_key_file(tmp_path)
+    done = _promtool(promtool, "check", "config", str(config))
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_config_check_needs_the_key_file(promtool: str, tmp_path: Path) -> None:
+    """The check above can fail: a credentials_file that is not there is refused."""
+    config = _scrape_config_with_a_key_file(tmp_path)
+    (tmp_path / "medocr_api_key").unlink()
+    done = _promtool(promtool, "check", "config", str(config))
+    assert done.returncode != 0
 
 
 def test_alert_rules_are_valid(promtool: str) -> None:
@@ -94,6 +117,8 @@ def test_the_required_alerts_exist() -> None:
         "MedocrWorkerNotReady": "ocr_worker_ready",
         "MedocrEndToEndLatencyHigh": "ocr_end_to_end_seconds_bucket",
         "MedocrNoResultsWhileLagging": "ocr_records_total",
+        "MedocrWorkerStalled": "ocr_worker_stalled",
+        "MedocrInternalError": 'ocr_dead_letters_total{error_code="INTERNAL_ERROR"}',
     }
     for alert, metric in wanted.items():
         assert alert in exprs
