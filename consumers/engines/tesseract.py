@@ -10,13 +10,16 @@ pixel work, and reaches tesseract on stdin as an uncompressed PGM.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import io
 import logging
 import os
 import re
 import shutil
 import signal
+import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -46,6 +49,50 @@ SMALL_PAGE_LONG_SIDE_PX = 1400
 # A resolution outside this range is a broken header: tesseract estimates its own.
 _DPI_RANGE = (50, 1200)
 _VERSION = re.compile(r"tesseract\s+v?(\d+(?:\.\d+)*)", re.IGNORECASE)
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    if sys.platform != "linux":
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # a libc without prctl: children may outlive us
+        return None
+    # prctl is variadic: every argument must be passed as the unsigned long it reads
+    prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+    prctl.restype = ctypes.c_int
+    typed: Callable[..., int] = prctl
+    return typed
+
+
+_PRCTL = _load_prctl()
+
+
+def die_with_this_process() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGKILL when this process dies.
+
+    Linux only (``None`` elsewhere): the kernel sends the signal when the *thread* that
+    forked the child exits, and asyncio forks from the event-loop thread, which lives as
+    long as the worker. The function runs in the forked child before ``exec``, where
+    another thread's locks may be frozen: it only calls prctl and getppid, nothing that
+    imports, logs or allocates outside the GIL. (Python 3.12's warning about forking a
+    threaded process is raised by ``os.fork``, not by ``subprocess``'s ``preexec_fn``.)
+    """
+    prctl = _PRCTL
+    if prctl is None:
+        return None
+    parent = os.getpid()
+    kill = int(signal.SIGKILL)
+
+    def in_child() -> None:
+        prctl(_PR_SET_PDEATHSIG, kill, 0, 0, 0)
+        if os.getppid() != parent:  # the worker died before prctl ran: no signal
+            os._exit(1)
+
+    return in_child
 
 
 @dataclass(frozen=True)
@@ -210,6 +257,7 @@ class TesseractEngine:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 env=self._env,
+                preexec_fn=die_with_this_process(),
             )
         except FileNotFoundError as exc:
             raise EngineDeadError(f"tesseract binary is gone: {binary}") from exc
@@ -255,6 +303,7 @@ class TesseractEngine:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 env=self._env,
+                preexec_fn=die_with_this_process(),
             )
             output, _ = await asyncio.wait_for(proc.communicate(), 30)
         except (OSError, TimeoutError) as exc:
