@@ -5,12 +5,12 @@ BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT    := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 
-.PHONY: demo test unit lint bench venv tesseract promtool clean
+.PHONY: demo test unit lint bench venv tesseract promtool stunnel clean
 
 demo: venv tesseract
 	$(BIN)/medocr demo
 
-test: venv tesseract promtool
+test: venv tesseract promtool stunnel
 	$(BIN)/python -m pytest
 
 unit: venv
@@ -44,6 +44,13 @@ promtool:
 	@if ! command -v promtool >/dev/null; then \
 		echo "installing prometheus (promtool) with apt-get"; \
 		$(APT) update -qq && $(APT) install -y -qq prometheus >/dev/null; \
+	fi
+
+# stunnel and openssl put TLS in front of the embedded broker in tests/integration/test_tls.py.
+stunnel:
+	@if ! command -v stunnel4 >/dev/null || ! command -v openssl >/dev/null; then \
+		echo "installing stunnel4 and openssl with apt-get"; \
+		$(APT) update -qq && $(APT) install -y -qq stunnel4 openssl >/dev/null; \
 	fi
 
 clean:

@@ -16,9 +16,11 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from consumers.broker import EmbeddedBroker, ensure_topics
+from consumers.broker import EmbeddedBroker, default_log_path, ensure_topics
 from consumers.errors import ConfigurationError, FatalError
-from consumers.settings import Settings
+from consumers.logs import limit_broker_outage_logs
+from consumers.settings import KafkaSettings, Settings
+from producers.kafka import BrokerCertificateError, verify_broker_tls
 
 log = logging.getLogger("medocr")
 
@@ -35,10 +37,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    limit_broker_outage_logs(logging.getLogger().handlers)
     try:
         status: int = asyncio.run(args.run(args, settings))
     except ConfigurationError as exc:
         print(f"medocr: {exc}", file=sys.stderr)
+        return 2
+    except BrokerCertificateError as exc:
+        print(f"medocr: {_certificate_sentence(exc, settings.kafka)}", file=sys.stderr)
         return 2
     except FatalError as exc:
         log.error("stopped on a fatal error: %s", exc)  # noqa: TRY400 - cause logged where raised
@@ -59,6 +65,13 @@ def _parser() -> argparse.ArgumentParser:
     broker.add_argument("--port", type=int, default=9092)
     broker.add_argument(
         "--partitions", type=int, default=None, help="default: OCR_TOPIC_PARTITIONS"
+    )
+    broker.add_argument(
+        "--log-file",
+        type=Path,
+        default=None,
+        help="where tansu's output goes (rotated at 10 MiB, one old file kept);"
+        " default: medocr-broker-PORT.log in the temporary folder",
     )
     broker.set_defaults(run=_broker)
 
@@ -96,7 +109,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _broker(args: argparse.Namespace, settings: Settings) -> int:
-    embedded = EmbeddedBroker(args.host, args.port)
+    embedded = EmbeddedBroker(
+        args.host, args.port, log_path=args.log_file or default_log_path(args.port)
+    )
     embedded.start()
     try:
         kafka = settings.kafka
@@ -105,7 +120,13 @@ async def _broker(args: argparse.Namespace, settings: Settings) -> int:
             kafka.all_topics(),
             args.partitions or kafka.partitions,
         )
-        print(f"broker ready on {embedded.bootstrap_servers}", flush=True)
+        print(
+            f"broker ready on {embedded.bootstrap_servers}\n"
+            "it keeps everything in memory: a restart loses every topic, record"
+            " and committed offset\n"
+            f"broker log: {embedded.log_path}",
+            flush=True,
+        )
         await _until_signalled()
     finally:
         embedded.stop()
@@ -115,6 +136,7 @@ async def _broker(args: argparse.Namespace, settings: Settings) -> int:
 async def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from consumers.runner import run_worker
 
+    await verify_broker_tls(settings.kafka.client_kwargs())
     stop = asyncio.Event()
     _on_signals(stop.set)
     await run_worker(settings, stop, burst=args.burst)
@@ -127,6 +149,7 @@ async def _publish(args: argparse.Namespace, settings: Settings) -> int:
     from producers.publisher import RequestOptions
 
     kafka = settings.kafka
+    await verify_broker_tls(kafka.client_kwargs())
     return await publish_command(
         args.paths,
         client_kwargs=kafka.client_kwargs(),
@@ -149,6 +172,15 @@ async def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from consumers.demo import run_demo
 
     return await run_demo(settings)
+
+
+def _certificate_sentence(exc: BrokerCertificateError, kafka: KafkaSettings) -> str:
+    cafile = kafka.ssl_cafile or "not set: the system CAs"
+    return (
+        f"TLS certificate verification failed for the broker at {exc.address}"
+        f" ({exc.reason}): check that KAFKA_SSL_CAFILE ({cafile}) holds the CA"
+        " that signed its certificate"
+    )
 
 
 async def _until_signalled() -> None:

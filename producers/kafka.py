@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -42,9 +45,14 @@ def build_producer(
         acks="all",
         enable_idempotence=options.enable_idempotence,
         linger_ms=options.linger_ms,
-        max_request_size=options.max_document_bytes + ENVELOPE_BYTES,
+        max_request_size=max_record_bytes(options.max_document_bytes),
         request_timeout_ms=30_000,
     )
+
+
+def max_record_bytes(max_document_bytes: int) -> int:
+    """The largest record a producer sends: one inlined scan and its envelope."""
+    return max_document_bytes + ENVELOPE_BYTES
 
 
 def fetch_bytes_for(max_document_bytes: int) -> int:
@@ -69,3 +77,60 @@ def build_waiter_consumer(
         enable_auto_commit=False,
         **fetch_options(max_document_bytes),
     )
+
+
+class BrokerCertificateError(Exception):
+    """A bootstrap server's certificate did not verify with the clients' SSL context
+    (a CA that did not sign it, another host name); aiokafka would retry it for ever."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        super().__init__(f"TLS certificate of {address} did not verify: {reason}")
+        self.address = address
+        self.reason = reason
+
+
+async def verify_broker_tls(
+    client_kwargs: Mapping[str, object], timeout_s: float = 10.0
+) -> None:
+    """Handshake with each bootstrap server as the clients will; a certificate that does
+    not verify raises ``BrokerCertificateError``. Servers that do not answer, or fail
+    otherwise, are left to the clients (they retry and say so). Nothing to do without
+    ``ssl_context``."""
+    context = client_kwargs.get("ssl_context")
+    if not isinstance(context, ssl.SSLContext):
+        return
+    for address in _bootstrap_addresses(client_kwargs.get("bootstrap_servers")):
+        await _handshake(address, context, timeout_s)
+
+
+async def _handshake(address: str, context: ssl.SSLContext, timeout_s: float) -> None:
+    host, port = _split_address(address)
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=context), timeout_s
+        )
+    except ssl.SSLCertVerificationError as exc:
+        reason = exc.verify_message or exc.reason or str(exc)
+        raise BrokerCertificateError(address, reason) from exc
+    except (OSError, TimeoutError):  # ssl.SSLError included
+        return
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+
+
+def _bootstrap_addresses(servers: object) -> list[str]:
+    """``"a:9092,b:9092"`` or a list of them, as aiokafka accepts."""
+    if isinstance(servers, str):
+        servers = servers.split(",")
+    if not isinstance(servers, list | tuple):
+        return []
+    return [str(server).strip() for server in servers if str(server).strip()]
+
+
+def _split_address(address: str, default_port: int = 9092) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or a bare host."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return address.strip("[]"), default_port
+    return host.strip("[]"), int(port)
