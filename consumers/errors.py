@@ -17,6 +17,7 @@
     │   ├── TooManyPagesError           TOO_MANY_PAGES
     │   ├── ImageUriError               IMAGE_URI
     │   ├── DecodeTimeoutError          DECODE_TIMEOUT
+    │   ├── ResultTooLargeError         RESULT_TOO_LARGE
     │   └── PageFailedError             PAGE_FAILED (a page the engine cannot read)
     └── FatalError                  no         stop fetching, commit nothing more, exit non-zero
         ├── EngineDeadError
@@ -96,6 +97,12 @@ class DecodeTimeoutError(PoisonRecordError):
     """The document's pages took longer to decode than OCR_DECODE_TIMEOUT_S."""
 
     error_code = "DECODE_TIMEOUT"
+
+
+class ResultTooLargeError(PoisonRecordError):
+    """The recognised text does not fit one result under the producer's size limit."""
+
+    error_code = "RESULT_TOO_LARGE"
 
 
 class PageFailedError(PoisonRecordError):

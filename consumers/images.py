@@ -7,20 +7,21 @@ never reaches the decoder.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import numbers
+import struct
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from consumers.errors import (
     DocumentTooLargeError,
     EmptyDocumentError,
-    ImageUriError,
     PixelLimitError,
+    PoisonRecordError,
     TooManyPagesError,
     UnreadableImageError,
     UnsupportedFormatError,
@@ -34,33 +35,40 @@ class ImageLimits:
     max_pages: int = 50
     max_pixels: int = 100_000_000
     max_side_px: int = 4096
+    max_document_pixels: int = 1_000_000_000
 
 
-def read_image_uri(uri: str, roots: tuple[str, ...], limits: ImageLimits) -> bytes:
-    """Read a ``file://`` scan that lies below one of the allowed folders."""
-    parsed = urlparse(uri)
-    if parsed.scheme != "file":
-        raise ImageUriError(
-            f"unsupported image_uri scheme {parsed.scheme!r} (only file://)"
-        )
-    if not roots:
-        raise ImageUriError("file:// image URIs are disabled (set OCR_FILE_URI_ROOTS)")
-    path = Path(unquote(parsed.path)).resolve()
-    if not any(path.is_relative_to(root) for root in roots):
-        raise ImageUriError("image_uri is outside OCR_FILE_URI_ROOTS")
-    try:
-        size = path.stat().st_size
-        if size > limits.max_document_bytes:
-            raise DocumentTooLargeError(
-                f"document is {size} bytes; the limit is {limits.max_document_bytes}"
-            )
-        return path.read_bytes()
-    except OSError as exc:
-        raise ImageUriError(f"cannot read image_uri: {exc.strerror}") from exc
+class RasterDocument:
+    """An opened PNG/JPEG/TIFF whose pages were counted and sized from their headers.
+
+    Pages are decoded one at a time (``page``), in order, so a caller holds only the
+    pages it is working on. Not thread-safe: one decode at a time per document.
+    """
+
+    def __init__(
+        self, image: Image.Image, sizes: list[tuple[int, int]], max_side_px: int
+    ) -> None:
+        self._image = image
+        self.sizes = sizes
+        self._max_side_px = max_side_px
+
+    @property
+    def page_count(self) -> int:
+        return len(self.sizes)
+
+    def page(self, index: int) -> Image.Image:
+        """Page ``index`` (0-based) as 8-bit L or RGB, upright and bounded."""
+        with _decoding():
+            self._image.seek(index)
+            self._image.load()
+            return normalize_page(self._image, self._max_side_px)
+
+    def close(self) -> None:
+        self._image.close()
 
 
-def load_pages(raw: bytes, limits: ImageLimits) -> list[Image.Image]:
-    """Decode every page of a PNG/JPEG/TIFF into 8-bit L or RGB, upright and bounded."""
+def open_document(raw: bytes, limits: ImageLimits) -> RasterDocument:
+    """Open a scan and check its size, page count and pixels before any page is decoded."""
     if not raw:
         raise EmptyDocumentError("document has zero bytes")
     if len(raw) > limits.max_document_bytes:
@@ -69,41 +77,106 @@ def load_pages(raw: bytes, limits: ImageLimits) -> list[Image.Image]:
         )
     if sniff_content_type(raw) is None:
         raise UnsupportedFormatError("not a PNG, JPEG or TIFF image (magic bytes)")
+    with _decoding():
+        image = Image.open(io.BytesIO(raw))
+        try:
+            sizes = _page_sizes(image, limits)
+        except BaseException:
+            image.close()
+            raise
+    return RasterDocument(image, sizes, limits.max_side_px)
+
+
+def load_pages(raw: bytes, limits: ImageLimits) -> list[Image.Image]:
+    """Every page at once (tools and tests; the worker decodes page by page)."""
+    document = open_document(raw, limits)
+    try:
+        return [document.page(index) for index in range(document.page_count)]
+    finally:
+        document.close()
+
+
+def _page_sizes(image: Image.Image, limits: ImageLimits) -> list[tuple[int, int]]:
+    """Each page's size from its header, checked against the page and document limits."""
+    sizes: list[tuple[int, int]] = []
+    total = 0
+    for width, height in _frame_sizes(image, limits.max_pages):
+        number = len(sizes) + 1
+        if number > limits.max_pages:
+            raise TooManyPagesError(
+                f"document has more than {limits.max_pages} pages; "
+                f"the limit is {limits.max_pages}"
+            )
+        if width <= 0 or height <= 0:
+            raise UnreadableImageError(f"page {number} has no pixels")
+        if width * height > limits.max_pixels:
+            raise PixelLimitError(
+                f"page {number} is {width}x{height} px; "
+                f"the limit is {limits.max_pixels} px"
+            )
+        total += width * height
+        if total > limits.max_document_pixels:
+            raise PixelLimitError(
+                f"pages 1-{number} have {total} px together; the limit for a document "
+                f"is {limits.max_document_pixels} px (OCR_MAX_DOCUMENT_PIXELS)"
+            )
+        sizes.append((width, height))
+    return sizes
+
+
+def _frame_sizes(image: Image.Image, max_pages: int) -> Iterator[tuple[int, int]]:
+    """Frame sizes from the headers, at most ``max_pages + 1`` of them.
+
+    A TIFF is walked IFD by IFD: its ``n_frames`` walks every IFD first, and a TIFF of
+    150,000 tiny IFDs took minutes. Other formats state their frame count up front
+    (PNG's acTL, the MPO index); APNG frames share the canvas size.
+    """
+    if image.format != "TIFF":
+        frames = int(getattr(image, "n_frames", 1))
+        for index in range(min(frames, max_pages + 1)):
+            if index and image.format == "MPO":
+                image.seek(index)
+            yield image.size
+        return
+    index = 0
+    while True:
+        yield image.size
+        index += 1
+        if index > max_pages:
+            return
+        try:
+            image.seek(index)
+        except EOFError:
+            return
+
+
+@contextlib.contextmanager
+def _decoding() -> Iterator[None]:
+    """Pillow's errors on hostile bytes, as one poison error each."""
     try:
         with warnings.catch_warnings():
-            # Our own pixel limit decides (below); Pillow's warnings about corrupt
-            # metadata must not turn into crashes where warnings are errors.
+            # Our own pixel limits decide; Pillow's warnings about corrupt metadata
+            # must not turn into crashes where warnings are errors.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             warnings.simplefilter("ignore", UserWarning)
-            image = Image.open(io.BytesIO(raw))
-            return _decode_frames(image, limits)
-    except (PixelLimitError, TooManyPagesError):
+            yield
+    except PoisonRecordError:
         raise
     except Image.DecompressionBombError as exc:
         raise PixelLimitError(f"image is a decompression bomb: {exc}") from exc
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        TypeError,  # "Missing dimensions": a TIFF IFD without ImageWidth
+        SyntaxError,
+        EOFError,
+        struct.error,
+        IndexError,
+        KeyError,
+        ZeroDivisionError,
+    ) as exc:
         raise UnreadableImageError(f"image cannot be decoded: {exc}") from exc
-
-
-def _decode_frames(image: Image.Image, limits: ImageLimits) -> list[Image.Image]:
-    frames = getattr(image, "n_frames", 1)
-    if frames > limits.max_pages:
-        raise TooManyPagesError(
-            f"document has {frames} pages; the limit is {limits.max_pages}"
-        )
-    pages = []
-    for index in range(frames):
-        image.seek(index)
-        width, height = image.size
-        if width * height > limits.max_pixels:
-            raise PixelLimitError(
-                f"page {index + 1} is {width}x{height} px; the limit is {limits.max_pixels} px"
-            )
-        if width == 0 or height == 0:
-            raise UnreadableImageError(f"page {index + 1} has no pixels")
-        image.load()
-        pages.append(normalize_page(image, limits.max_side_px))
-    return pages
 
 
 def normalize_page(frame: Image.Image, max_side_px: int) -> Image.Image:

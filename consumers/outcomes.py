@@ -34,10 +34,10 @@ from consumers.engines import PageResult, PageStatus
 from consumers.errors import (
     PageFailedError,
     PipelineError,
-    PoisonRecordError,
+    ResultTooLargeError,
     error_code,
 )
-from producers.kafka import ENVELOPE_BYTES, ProducerOptions
+from producers.kafka import ProducerOptions, max_record_bytes
 from producers.results import dead_letter_key, result_key
 from schemas import DeadLetter, DocumentStatus, OcrRequest, OcrResult, PageText
 from schemas.records import FORM_FEED, RecordHeader, utc_now
@@ -46,7 +46,7 @@ from schemas.records import FORM_FEED, RecordHeader, utc_now
 Msg: TypeAlias = ConsumerRecord
 
 # What the worker's producer accepts by default (producers.kafka.build_producer).
-DEFAULT_MAX_RECORD_BYTES = ProducerOptions().max_document_bytes + ENVELOPE_BYTES
+DEFAULT_MAX_RECORD_BYTES = max_record_bytes(ProducerOptions().max_document_bytes)
 # Kafka's framing of one record, which the producer counts against its limit: aiokafka
 # estimates a 61-byte batch header plus at most 21 bytes a record (results and dead
 # letters carry no headers); 1 KiB leaves room for any change there.
@@ -60,15 +60,6 @@ MAX_ERROR_MESSAGE_CHARS = 1024
 # What a too-large record leaves out, in this order, until it fits.
 RESULT_ECHOES = ("attributes", "correlation_id", "source_system")
 DEAD_LETTER_DROPS = ("value", "headers", "key")
-
-
-class ResultTooLargeError(PoisonRecordError):
-    """The recognised text does not fit one result under the producer's size limit.
-
-    Belongs in consumers/errors.py beside the other poison errors.
-    """
-
-    error_code = "RESULT_TOO_LARGE"
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,9 @@ from consumers.documents import DocumentRecognizer, PageCallback, RecognizerOpti
 from consumers.engines import OcrEngine, build_engine
 from consumers.errors import ConfigurationError
 from consumers.images import ImageLimits
+from consumers.intake import RequestLimits
 from consumers.metrics import WorkerMetrics
+from consumers.outcomes import OutcomeBuilder
 from consumers.retry import RetryPolicy
 from consumers.settings import Settings
 from consumers.sidecar import SidecarServer, build_sidecar
@@ -27,6 +29,7 @@ from producers.kafka import (
     build_producer,
     fetch_bytes_for,
     fetch_options,
+    max_record_bytes,
 )
 from producers.results import ResultPublisher
 from schemas import OcrRequest, PageText
@@ -42,6 +45,17 @@ def image_limits(settings: Settings) -> ImageLimits:
         max_pages=limits.max_pages,
         max_pixels=limits.max_pixels,
         max_side_px=limits.max_side_px,
+        max_document_pixels=limits.max_document_pixels,
+    )
+
+
+def request_limits(settings: Settings) -> RequestLimits:
+    limits = settings.limits
+    return RequestLimits(
+        max_id_chars=limits.max_id_chars,
+        max_attributes=limits.max_attributes,
+        max_attributes_bytes=limits.max_attributes_bytes,
+        max_prompt_bytes=limits.max_prompt_bytes,
     )
 
 
@@ -99,7 +113,7 @@ async def run_worker(
     registry = registry or CollectorRegistry()
     engine = engine or build_engine(settings, registry)
     metrics = WorkerMetrics(registry, engine.name)
-    state = WorkerState(engine=engine)
+    state = WorkerState(engine=engine, stall_timeout_s=settings.batch.stall_timeout_s)
     sidecar = SidecarServer(
         build_sidecar(state, metrics, registry, _secret(settings)),
         settings.sidecar.host,
@@ -137,18 +151,28 @@ async def _consume(
     )
     budget = PageBudget(batch.max_inflight_pages or engine.capacity())
     retry = RetryPolicy(attempts=batch.retry_attempts, max_s=batch.retry_backoff_max_s)
+    limits = settings.limits
     recognizer = DocumentRecognizer(
         engine,
-        budget,
         metrics,
         RecognizerOptions(
             limits=image_limits(settings),
-            uri_roots=settings.limits.uri_roots(),
+            uri_roots=limits.uri_roots(),
             default_prompt=settings.prompt,
             default_max_tokens=settings.vllm.default_max_tokens,
             retry=retry,
-            worker_id=f"{socket.gethostname()}:{os.getpid()}",
+            request_limits=request_limits(settings),
+            uri_read_timeout_s=limits.uri_read_timeout_s,
+            decode_timeout_s=limits.decode_timeout_s,
         ),
+        OutcomeBuilder(
+            engine=engine.name,
+            model=engine.model,
+            worker_id=f"{socket.gethostname()}:{os.getpid()}",
+            max_record_bytes=max_record_bytes(limits.max_document_bytes),
+            max_id_chars=limits.max_id_chars,
+        ),
+        state=state,
         on_page=_progress_sender(publisher) if batch.publish_progress else None,
     )
     consumer = build_consumer(settings)

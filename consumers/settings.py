@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -229,6 +229,12 @@ class SidecarSettings(_Group):
     host: str = Field("0.0.0.0", validation_alias=_env("HOST"))  # noqa: S104 - container probe port
     port: int = Field(8000, ge=0, le=65535, validation_alias=_env("PORT"))
     api_key: SecretStr | None = Field(None, validation_alias=_env("API_KEY"))
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _blank_key_is_no_key(cls, value: object) -> object:
+        # API_KEY= in an env file is "no key", never a key that matches an empty token
+        return None if isinstance(value, str) and not value.strip() else value
 
 
 class Settings(_Group):

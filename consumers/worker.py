@@ -16,22 +16,24 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from consumers.budget import PageBudget
-from consumers.documents import DocumentRecognizer, Msg, Outcome, where
+from consumers.budget import PageBudget, PagePlaces
+from consumers.documents import DocumentRecognizer
 from consumers.errors import BrokerUnavailableError, FatalError
 from consumers.metrics import WorkerMetrics
 from consumers.offsets import OffsetTracker
+from consumers.outcomes import Msg, Outcome, where
 from consumers.retry import RetryPolicy, retry_transient
 from consumers.state import WorkerState
 from producers.results import ResultPublisher
 
 log = logging.getLogger(__name__)
 
-LAG_INTERVAL_S = 5.0
+CHECK_INTERVAL_S = 5.0
 
 
 class WorkerFailedError(FatalError):
@@ -45,6 +47,8 @@ class LoopOptions:
     max_records: int = 16
     max_wait_ms: int = 200
     drain_timeout_s: float = 60.0
+    broker_check_timeout_s: float = 5.0
+    offset_reset: Literal["earliest", "latest"] = "earliest"  # as the consumer's
 
 
 @dataclass
@@ -81,8 +85,11 @@ class OcrWorker:
         self._inflight = _Inflight()
         self._failure: BaseException | None = None
         self._paused = False
-        self._next_lag_at = 0.0
+        self._next_check_at = 0.0
         metrics.inflight_limit.set(budget.limit)
+        # the gauges read the one count each, never a mirror of it
+        metrics.inflight_pages.set_function(lambda: budget.used)
+        metrics.inflight_records.set_function(lambda: state.inflight_records)
 
     def rebalance_listener(self) -> ConsumerRebalanceListener:
         return _RebalanceListener(self)
@@ -93,7 +100,7 @@ class OcrWorker:
             while not stop.is_set():
                 self._raise_if_failed()
                 await self._commit_ready()
-                await self._update_lag()
+                await self._check_partitions()
                 if self._budget.room() == 0:
                     self._pause()
                     await self._budget.wait_for_room(self._options.max_wait_ms / 1000)
@@ -128,17 +135,15 @@ class OcrWorker:
 
     def _admit(self, tp: TopicPartition, msg: Msg) -> None:
         self._offsets.admit(tp, msg.offset)
-        self._budget.reserve(1)
-        self._metrics.inflight_pages.inc()
-        self._metrics.inflight_records.inc()
+        places = PagePlaces.admit(self._budget)
         self._state.record_started()
-        task = asyncio.create_task(self._handle(tp, msg), name=where(msg))
+        task = asyncio.create_task(self._handle(tp, msg, places), name=where(msg))
         self._inflight.tasks[task] = tp
         task.add_done_callback(self._task_done)
 
-    async def _handle(self, tp: TopicPartition, msg: Msg) -> None:
+    async def _handle(self, tp: TopicPartition, msg: Msg, places: PagePlaces) -> None:
         try:
-            outcome = await self._recognizer.recognize(msg)
+            outcome = await self._recognizer.recognize(msg, places)
             await retry_transient(
                 lambda: self._publish(outcome),
                 self._publish_retry,
@@ -150,9 +155,7 @@ class OcrWorker:
             self._offsets.finish(tp, msg.offset)
             self._account(outcome)
         finally:
-            self._budget.release(1)
-            self._metrics.inflight_pages.dec()
-            self._metrics.inflight_records.dec()
+            places.give_all()  # a task cancelled before it ran still gives its place
             self._state.record_finished()
 
     async def _publish(self, outcome: Outcome) -> None:
@@ -251,22 +254,72 @@ class OcrWorker:
                 return False
         return True
 
-    async def _update_lag(self) -> None:
-        """Records not yet resolved per partition: end of log minus first unfinished."""
+    async def _check_partitions(self) -> None:
+        """Every few seconds: is the broker reachable, where does each partition end,
+        and did a broker lose its log under our position?"""
         now = time.monotonic()
-        if now < self._next_lag_at:
+        if now < self._next_check_at:
             return
-        self._next_lag_at = now + LAG_INTERVAL_S
-        for tp in self._consumer.assignment():
-            end = self._consumer.highwater(tp)
-            if end is None:
-                continue
+        self._next_check_at = now + CHECK_INTERVAL_S
+        assignment = self._consumer.assignment()
+        try:
+            async with asyncio.timeout(self._options.broker_check_timeout_s):
+                if assignment:
+                    ends = await self._consumer.end_offsets(list(assignment))
+                    positions = {tp: await self._consumer.position(tp) for tp in ends}
+                else:
+                    ends, positions = {}, {}
+                    await self._consumer.topics()
+        except (KafkaError, TimeoutError) as exc:
+            self._broker_reachable(False, exc)
+            return
+        self._broker_reachable(True)
+        for tp, end in ends.items():
+            position = positions[tp]
+            if position > end:
+                await self._reset_beyond_end(tp, position, end)
+                position = end  # where the lag is counted from until the next check
             first = self._offsets.first_unfinished(tp)
-            if first is None:
-                first = await self._consumer.position(tp)
             self._metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(
-                max(end - first, 0)
+                max(end - (position if first is None else first), 0)
             )
+
+    def _broker_reachable(
+        self, reachable: bool, exc: BaseException | None = None
+    ) -> None:
+        if reachable != self._state.broker_reachable:
+            if reachable:
+                log.warning("the broker is reachable again")
+            else:
+                log.error(
+                    "the broker is not reachable (%s): not ready until it is",
+                    type(exc).__name__,
+                )
+        self._state.broker_reachable = reachable
+
+    async def _reset_beyond_end(
+        self, tp: TopicPartition, position: int, end: int
+    ) -> None:
+        """Our position is past the partition's end: the broker lost records we had read
+        (a broker restarted empty, or a topic recreated). Apache Kafka answers such a
+        fetch with OFFSET_OUT_OF_RANGE and the client resets itself; a broker that
+        answers with nothing would make the worker skip every record up to our old
+        position without a trace. Say so loudly and follow ``auto_offset_reset``."""
+        log.error(
+            "%s[%d]: position %d is beyond the partition's end %d: the broker lost "
+            "records; resetting to the %s offset (auto_offset_reset)",
+            tp.topic,
+            tp.partition,
+            position,
+            end,
+            self._options.offset_reset,
+        )
+        await self._drain(self._inflight.of([tp]))
+        self._offsets.forget(tp)  # nothing read before the loss may be committed now
+        if self._options.offset_reset == "latest":
+            await self._consumer.seek_to_end(tp)
+        else:
+            await self._consumer.seek_to_beginning(tp)
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         log.info(

@@ -40,3 +40,43 @@ def png_claiming(width: int, height: int) -> bytes:
         + png_chunk(b"IDAT", idat)
         + png_chunk(b"IEND", b"")
     )
+
+
+def tiny_ifd_tiff(
+    pages: int, *, without_width: frozenset[int] = frozenset(), next_past_end: int = 0
+) -> bytes:
+    """A little-endian TIFF of ``pages`` 1x1 bilevel IFDs sharing one strip byte.
+
+    ``without_width``: 1-based pages whose IFD lacks ImageWidth (Pillow: "Missing
+    dimensions"). ``next_past_end``: after that page, the next-IFD offset points past
+    the end of the file, so a reader that walks every IFD fails there.
+    """
+    header = 8
+    strip = header  # one data byte right after the header
+    first_ifd = header + 2  # word-aligned
+    out = bytearray(b"II*\x00" + struct.pack("<I", first_ifd) + b"\x00\x00")
+    for number in range(1, pages + 1):
+        tags = [
+            (256, 3, 1, 1),  # ImageWidth
+            (257, 3, 1, 1),  # ImageLength
+            (258, 3, 1, 1),  # BitsPerSample
+            (259, 3, 1, 1),  # Compression: none
+            (262, 3, 1, 1),  # Photometric: black is zero
+            (273, 4, 1, strip),  # StripOffsets
+            (277, 3, 1, 1),  # SamplesPerPixel
+            (278, 3, 1, 1),  # RowsPerStrip
+            (279, 4, 1, 1),  # StripByteCounts
+        ]
+        if number in without_width:
+            tags = tags[1:]
+        start = len(out)
+        following = start + 2 + 12 * len(tags) + 4
+        if number == pages:
+            following = 0
+        elif number == next_past_end:
+            following = 0x7FFFFFF0
+        out += struct.pack("<H", len(tags))
+        for tag, kind, count, value in tags:
+            out += struct.pack("<HHII", tag, kind, count, value)
+        out += struct.pack("<I", following)
+    return bytes(out)

@@ -16,19 +16,20 @@ from aiokafka.structs import ConsumerRecord
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
-from consumers import documents
-from consumers.budget import PageBudget
+from consumers.budget import PageBudget, PagePlaces
 from consumers.documents import (
     DECODE_CONCURRENCY,
+    DocumentOpener,
     DocumentRecognizer,
-    Msg,
-    Outcome,
+    PageCallback,
     RecognizerOptions,
 )
 from consumers.engines import PageRequest, PageResult
 from consumers.errors import EngineDeadError
-from consumers.images import ImageLimits, load_pages
+from consumers.images import ImageLimits, RasterDocument, open_document
+from consumers.intake import RequestLimits
 from consumers.metrics import WorkerMetrics
+from consumers.outcomes import Msg, Outcome, OutcomeBuilder
 from consumers.retry import RetriesExhaustedError, RetryPolicy
 from schemas import DeadLetter, DocumentStatus, OcrRequest, OcrResult
 from tests.support.engines import FakeEngine
@@ -86,14 +87,22 @@ def record(
 class Harness:
     """A recognizer over a fake engine, with the budget the worker would hold."""
 
-    def __init__(self, engine: FakeEngine, limits: ImageLimits) -> None:
+    def __init__(
+        self,
+        engine: FakeEngine,
+        limits: ImageLimits,
+        *,
+        budget_limit: int = 64,
+        on_page: PageCallback | None = None,
+        opener: DocumentOpener = open_document,
+        decode_timeout_s: float = 60.0,
+    ) -> None:
         self.engine = engine
         self.registry = CollectorRegistry()
         self.metrics = WorkerMetrics(self.registry, engine.name)
-        self.budget = PageBudget(limit=64)
+        self.budget = PageBudget(limit=budget_limit)
         self.recognizer = DocumentRecognizer(
             engine,
-            self.budget,
             self.metrics,
             RecognizerOptions(
                 limits=limits,
@@ -101,21 +110,25 @@ class Harness:
                 default_prompt="prompt",
                 default_max_tokens=256,
                 retry=FAST_RETRY,
-                worker_id="worker-a",
+                request_limits=RequestLimits(
+                    max_id_chars=32,
+                    max_attributes=3,
+                    max_attributes_bytes=64,
+                    max_prompt_bytes=100,
+                ),
+                decode_timeout_s=decode_timeout_s,
             ),
+            OutcomeBuilder(engine="fake", model="fake-1", worker_id="worker-a"),
+            on_page=on_page,
+            opener=opener,
         )
 
     async def recognize(self, msg: Msg) -> Outcome:
-        """As the worker does: one page reserved before, released after."""
-        self.budget.reserve(1)
-        start = self.budget.used
+        """As the worker does: admitted with one place; every place comes back."""
         try:
-            outcome = await self.recognizer.recognize(msg)
+            return await self.recognizer.recognize(msg, PagePlaces.admit(self.budget))
         finally:
-            assert self.budget.used == start
-            assert self.sample("ocr_inflight_pages") == 0
-            self.budget.release(1)
-        return outcome
+            assert self.budget.used == 0
 
     def sample(self, name: str, **labels: str) -> float:
         return self.registry.get_sample_value(name, labels) or 0.0
@@ -159,36 +172,53 @@ async def test_good_document_is_ok(make_harness: Callable[..., Harness]) -> None
     assert harness.sample("ocr_pages_total", status="OK") == 1
 
 
-async def test_scans_are_decoded_a_few_at_a_time(
-    make_harness: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A fetched batch decodes in turns (the first pages reach the engine early)."""
-    decoding, most = 0, 0
+class SlowDocument(RasterDocument):
+    """A real document whose page decodes take ``delay_s`` and are counted."""
+
+    decoding = 0
+    most = 0
     lock = threading.Lock()
 
-    def slow_load(raw: bytes, limits: ImageLimits) -> list[Image.Image]:
-        nonlocal decoding, most
-        with lock:
-            decoding += 1
-            most = max(most, decoding)
-        time.sleep(0.02)
-        try:
-            return load_pages(raw, limits)
-        finally:
-            with lock:
-                decoding -= 1
+    def __init__(self, document: RasterDocument, delay_s: float) -> None:
+        super().__init__(document._image, document.sizes, 4096)
+        self.delay_s = delay_s
 
-    monkeypatch.setattr(documents, "load_pages", slow_load)
-    harness = make_harness()
+    def page(self, index: int) -> Image.Image:
+        cls = SlowDocument
+        with cls.lock:
+            cls.decoding += 1
+            cls.most = max(cls.most, cls.decoding)
+        time.sleep(self.delay_s)
+        try:
+            return super().page(index)
+        finally:
+            with cls.lock:
+                cls.decoding -= 1
+
+
+def slow_opener(delay_s: float) -> DocumentOpener:
+    def open_slowly(raw: bytes, limits: ImageLimits) -> RasterDocument:
+        return SlowDocument(open_document(raw, limits), delay_s)
+
+    return open_slowly
+
+
+async def test_scans_are_decoded_a_few_at_a_time() -> None:
+    """A fetched batch decodes in turns (the first pages reach the engine early)."""
+    SlowDocument.most = 0
+    harness = Harness(FakeEngine(), ImageLimits(), opener=slow_opener(0.02))
     msgs = [
         record(request(document_id=f"doc-{i}").encode(), offset=i) for i in range(12)
     ]
-    harness.budget.reserve(len(msgs))  # one page each, as the worker admits them
     outcomes = await asyncio.gather(
-        *(harness.recognizer.recognize(msg) for msg in msgs)
+        *(
+            harness.recognizer.recognize(msg, PagePlaces.admit(harness.budget))
+            for msg in msgs
+        )
     )
     assert [o.result.status for o in outcomes] == [DocumentStatus.OK] * 12
-    assert most == DECODE_CONCURRENCY < len(msgs)
+    assert SlowDocument.most == DECODE_CONCURRENCY < len(msgs)
+    assert harness.budget.used == 0
 
 
 async def test_multipage_tiff_keeps_page_order_and_joins_with_form_feed(
@@ -201,7 +231,7 @@ async def test_multipage_tiff_keeps_page_order_and_joins_with_form_feed(
         """Later pages finish first: order must come from page numbers."""
 
         async def recognize(self, page: PageRequest) -> PageResult:
-            await asyncio.sleep((4 - page.page_number) * 0.01)
+            await asyncio.sleep((4 - page.page_number) * 0.05)
             result = await super().recognize(page)
             finished.append(page.page_number)
             return result
@@ -219,9 +249,9 @@ async def test_multipage_tiff_keeps_page_order_and_joins_with_form_feed(
     assert finished == [3, 2, 1]
 
 
-async def test_multipage_document_reserves_its_extra_pages_while_running(
-    make_harness: Callable[..., Harness],
-) -> None:
+async def test_decoded_pages_never_exceed_the_budget() -> None:
+    """A long document decodes a page only once it has a place: the worker never
+    holds more decoded pages than its limit, however many pages a document has."""
     seen: list[int] = []
 
     class WatchingEngine(FakeEngine):
@@ -229,10 +259,38 @@ async def test_multipage_document_reserves_its_extra_pages_while_running(
             seen.append(harness.budget.used)
             return await super().recognize(page)
 
-    harness = make_harness(WatchingEngine())
-    req = request(image=multipage_tiff([(10, 10)] * 4), content_type="image/tiff")
-    await harness.recognize(record(req.encode()))
-    assert seen == [4, 4, 4, 4]
+    harness = Harness(WatchingEngine(delay_s=0.01), ImageLimits(), budget_limit=2)
+    req = request(image=multipage_tiff([(10, 10)] * 7), content_type="image/tiff")
+    outcome = await harness.recognize(record(req.encode()))
+    assert outcome.result.status is DocumentStatus.OK
+    assert outcome.result.page_count == 7
+    assert len(seen) == 7
+    assert max(seen) == 2  # pages overlap in the engine, within the limit
+
+
+async def test_two_long_documents_share_a_small_budget_without_deadlock() -> None:
+    harness = Harness(FakeEngine(delay_s=0.005), ImageLimits(), budget_limit=2)
+    tiff = multipage_tiff([(10, 10)] * 5)
+    msgs = [
+        record(
+            request(
+                document_id=f"d{i}", image=tiff, content_type="image/tiff"
+            ).encode(),
+            offset=i,
+        )
+        for i in range(2)
+    ]
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(
+            *(
+                harness.recognizer.recognize(msg, PagePlaces.admit(harness.budget))
+                for msg in msgs
+            )
+        ),
+        10,
+    )
+    assert [o.result.page_count for o in outcomes] == [5, 5]
+    assert harness.budget.used == 0
 
 
 @pytest.mark.parametrize(
@@ -438,3 +496,156 @@ async def test_invalid_request_keeps_what_the_sender_sent(
     assert result.source_system == "emr-test"
     assert result.attributes == {"ward": "7"}
     assert result.submitted_at == SUBMITTED
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        pytest.param({"document_id": "x" * 33}, "limit is 32", id="long_id"),
+        pytest.param({"document_id": "a\x00b"}, "control", id="nul_in_id"),
+        pytest.param({"document_id": "\x1b[31mred"}, "control", id="ansi_escape"),
+        pytest.param({"document_id": "../../etc/passwd"}, "'..'", id="traversal"),
+        pytest.param({"document_id": "a\u202eb"}, "control", id="bidi_override"),
+        pytest.param({"correlation_id": "c" * 33}, "correlation_id", id="long_corr"),
+        pytest.param({"source_system": "s\n"}, "source_system", id="newline_src"),
+        pytest.param(
+            {"attributes": {str(n): "v" for n in range(4)}},
+            "OCR_MAX_ATTRIBUTES",
+            id="too_many_attributes",
+        ),
+        pytest.param(
+            {"attributes": {"k": "v" * 64}},
+            "OCR_MAX_ATTRIBUTES_BYTES",
+            id="attributes_too_big",
+        ),
+        pytest.param({"attributes": {"k": "\x07"}}, "attribute", id="bell_in_value"),
+        pytest.param({"prompt": "p" * 101}, "OCR_MAX_PROMPT_BYTES", id="long_prompt"),
+    ],
+)
+async def test_absurd_fields_are_refused_before_any_work(
+    make_harness: Callable[..., Harness], fields: dict[str, object], words: str
+) -> None:
+    harness = make_harness()
+    outcome = await harness.recognize(record(request(**fields).encode()))
+    assert outcome.result.error_code == "INVALID_REQUEST"
+    assert words in (outcome.result.error_message or "")
+    assert outcome.dead_letter is not None
+    assert harness.engine.calls == []
+
+
+async def test_korean_and_uid_identifiers_are_accepted(
+    make_harness: Callable[..., Harness],
+) -> None:
+    fields = {"document_id": "처방전-2024/05/1.2.840.10008", "source_system": "EMR 1"}
+    outcome = await make_harness().recognize(record(request(**fields).encode()))
+    assert outcome.result.status is DocumentStatus.OK
+
+
+class BrokenDocument(RasterDocument):
+    def page(self, index: int) -> Image.Image:
+        raise RuntimeError("a bug in a decoder, quoting 홍길동")
+
+
+def broken_opener(raw: bytes, limits: ImageLimits) -> RasterDocument:
+    document = open_document(raw, limits)
+    return BrokenDocument(document._image, document.sizes, 4096)
+
+
+async def test_an_unexpected_exception_ends_the_record_not_the_worker(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    harness = Harness(FakeEngine(), ImageLimits(), opener=broken_opener)
+    value = request().encode()
+    outcome = await harness.recognize(record(value))
+    assert outcome.result.status is DocumentStatus.FAILED
+    assert outcome.result.error_code == "INTERNAL_ERROR"
+    assert "RuntimeError" in (outcome.result.error_message or "")
+    assert "홍길동" not in (outcome.result.error_message or "")  # may be PHI
+    letter = outcome.dead_letter
+    assert letter is not None
+    assert (letter.error_code, letter.error_class) == ("INTERNAL_ERROR", "RuntimeError")
+    assert letter.value == value
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "INTERNAL_ERROR" in logged
+    assert "홍길동" not in logged
+
+
+class HangingDocument(RasterDocument):
+    def page(self, index: int) -> Image.Image:
+        time.sleep(2)
+        return super().page(index)
+
+
+async def test_a_decode_past_its_time_limit_is_abandoned() -> None:
+    def hanging(raw: bytes, limits: ImageLimits) -> RasterDocument:
+        document = open_document(raw, limits)
+        return HangingDocument(document._image, document.sizes, 4096)
+
+    harness = Harness(FakeEngine(), ImageLimits(), opener=hanging, decode_timeout_s=0.2)
+    started = time.monotonic()
+    outcome = await harness.recognize(record(request().encode()))
+    assert time.monotonic() - started < 1.5
+    assert outcome.result.error_code == "DECODE_TIMEOUT"
+    assert outcome.dead_letter is not None
+
+
+async def test_document_pixels_are_limited_before_decoding(
+    make_harness: Callable[..., Harness],
+) -> None:
+    harness = make_harness(max_document_pixels=250)
+    req = request(image=multipage_tiff([(10, 10)] * 3), content_type="image/tiff")
+    outcome = await harness.recognize(record(req.encode()))
+    assert outcome.result.error_code == "PIXEL_LIMIT"
+    assert "OCR_MAX_DOCUMENT_PIXELS" in (outcome.result.error_message or "")
+    assert harness.engine.calls == []
+
+
+class BuggyEngine(FakeEngine):
+    """Raises a foreign exception on one page; ``dies`` says whether it survives."""
+
+    dies: bool = False
+
+    async def recognize(self, page: PageRequest) -> PageResult:
+        if page.page_number == 2:
+            if self.dies:
+                self.loaded = False
+            raise IndexError("engine bug")
+        return await super().recognize(page)
+
+
+async def test_an_engine_bug_that_leaves_it_healthy_fails_only_that_page() -> None:
+    engine = BuggyEngine()
+    await engine.start()
+    harness = Harness(engine, ImageLimits())
+    req = request(image=multipage_tiff([(10, 10)] * 3), content_type="image/tiff")
+    outcome = await harness.recognize(record(req.encode()))
+    pages = outcome.result.pages
+    assert [(p.status, p.error_code) for p in pages] == [
+        ("OK", None),
+        ("FAILED", "INTERNAL_ERROR"),
+        ("OK", None),
+    ]
+    assert outcome.result.error_code == "PAGE_FAILED"
+    assert outcome.dead_letter is not None
+
+
+async def test_an_engine_bug_that_leaves_it_unhealthy_stops_the_worker() -> None:
+    engine = BuggyEngine()
+    engine.dies = True
+    await engine.start()
+    harness = Harness(engine, ImageLimits())
+    req = request(image=multipage_tiff([(10, 10)] * 3), content_type="image/tiff")
+    with pytest.raises(EngineDeadError) as caught:
+        await harness.recognize(record(req.encode()))
+    assert isinstance(caught.value.__cause__, IndexError)
+
+
+async def test_a_failing_progress_send_never_fails_the_record() -> None:
+    async def broken_send(request: OcrRequest, page: object, count: int) -> None:
+        raise ConnectionError("progress topic down")
+
+    harness = Harness(FakeEngine(), ImageLimits(), on_page=broken_send)
+    req = request(image=multipage_tiff([(10, 10)] * 2), content_type="image/tiff")
+    outcome = await harness.recognize(record(req.encode()))
+    assert outcome.result.status is DocumentStatus.OK
+    assert outcome.dead_letter is None

@@ -26,6 +26,7 @@ TABLE: list[tuple[type[BaseException], Action, str]] = [
     (errors.TooManyPagesError, Action.DEAD_LETTER, "TOO_MANY_PAGES"),
     (errors.ImageUriError, Action.DEAD_LETTER, "IMAGE_URI"),
     (errors.DecodeTimeoutError, Action.DEAD_LETTER, "DECODE_TIMEOUT"),
+    (errors.ResultTooLargeError, Action.DEAD_LETTER, "RESULT_TOO_LARGE"),
     (errors.PageFailedError, Action.DEAD_LETTER, "PAGE_FAILED"),
     (errors.FatalError, Action.CRASH, "FATAL"),
     (errors.EngineDeadError, Action.CRASH, "ENGINE_DEAD"),

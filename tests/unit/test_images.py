@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import random
-from pathlib import Path
 from typing import cast
 
 import pytest
@@ -13,16 +12,15 @@ from PIL import Image
 from consumers.errors import (
     DocumentTooLargeError,
     EmptyDocumentError,
-    ImageUriError,
     PixelLimitError,
     PoisonRecordError,
     TooManyPagesError,
     UnreadableImageError,
     UnsupportedFormatError,
 )
-from consumers.images import ImageLimits, load_pages, read_image_uri
+from consumers.images import ImageLimits, load_pages, open_document
 from schemas.content_types import sniff_content_type
-from tests.support.scans import encode, multipage_tiff, png_claiming
+from tests.support.scans import encode, multipage_tiff, png_claiming, tiny_ifd_tiff
 
 LIMITS = ImageLimits()
 
@@ -295,7 +293,7 @@ def test_multipage_tiff_pages_of_one_size_keep_their_own_pixels() -> None:
     assert [p.getpixel((5, 5)) for p in pages] == [10, 20, 30]
 
 
-# --- magic bytes and file:// URIs -----------------------------------------------
+# --- magic bytes -----------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -313,44 +311,6 @@ def test_sniff_content_type(raw: bytes, expected: str | None) -> None:
     assert sniff_content_type(raw) == expected
 
 
-def test_read_image_uri_reads_a_file_below_a_root(tmp_path: Path) -> None:
-    scan = tmp_path / "scans" / "a b.png"
-    scan.parent.mkdir()
-    scan.write_bytes(good_png())
-    uri = "file://" + str(scan).replace(" ", "%20")
-    assert read_image_uri(uri, (str(tmp_path / "scans"),), LIMITS) == good_png()
-
-
-@pytest.mark.parametrize(
-    ("uri", "roots", "error"),
-    [
-        ("http://example.org/a.png", ("{root}",), ImageUriError),
-        ("s3://bucket/a.png", ("{root}",), ImageUriError),
-        ("file://{root}/a.png", (), ImageUriError),
-        ("file://{root}/../outside.png", ("{root}",), ImageUriError),
-        ("file://{root}-evil/a.png", ("{root}",), ImageUriError),
-        ("file://{root}/missing.png", ("{root}",), ImageUriError),
-        ("file://{root}/big.png", ("{root}",), DocumentTooLargeError),
-    ],
-)
-def test_read_image_uri_refusals(
-    tmp_path: Path, uri: str, roots: tuple[str, ...], error: type[Exception]
-) -> None:
-    root = tmp_path / "scans"
-    root.mkdir()
-    (root / "a.png").write_bytes(good_png())
-    (root / "big.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 200)
-    (tmp_path / "outside.png").write_bytes(good_png())
-    evil = tmp_path / "scans-evil"
-    evil.mkdir()
-    (evil / "a.png").write_bytes(good_png())
-    limits = ImageLimits(max_document_bytes=100)
-    with pytest.raises(error):
-        read_image_uri(
-            uri.format(root=root), tuple(r.format(root=root) for r in roots), limits
-        )
-
-
 @pytest.mark.parametrize("fmt", ["PNG", "TIFF"])  # TIFF: dpi as IFDRational
 def test_a_shrunk_page_reports_its_resolution_shrunk_too(fmt: str) -> None:
     """Tesseract reads the page's dpi: after the 4096 px cap it is the new one."""
@@ -361,3 +321,33 @@ def test_a_shrunk_page_reports_its_resolution_shrunk_too(fmt: str) -> None:
     dpi = page.info["dpi"]
     assert dpi[0] == pytest.approx(600 * 2926 / 5000, rel=1e-3)
     assert dpi[1] == pytest.approx(600 * 2926 / 5000, rel=1e-3)
+
+
+# --- hostile TIFF structure: bounded before any pixel is decoded -----------------
+
+
+def test_the_tiny_ifd_builder_makes_tiffs_pillow_reads() -> None:
+    pages = load_pages(tiny_ifd_tiff(3), LIMITS)
+    assert [page.size for page in pages] == [(1, 1)] * 3
+
+
+def test_page_counting_stops_after_the_page_limit() -> None:
+    """Walking every IFD would reach the broken 60th link; the count stops at 51."""
+    raw = tiny_ifd_tiff(100, next_past_end=60)
+    with pytest.raises(TooManyPagesError, match="more than 50 pages"):
+        open_document(raw, LIMITS)
+    with pytest.raises(UnreadableImageError):  # a limit above 60 does walk that far
+        load_pages(raw, ImageLimits(max_pages=80))
+
+
+def test_a_tiff_page_without_width_is_unreadable_not_a_crash() -> None:
+    raw = tiny_ifd_tiff(2, without_width=frozenset({2}))
+    with pytest.raises(UnreadableImageError):
+        load_pages(raw, LIMITS)
+
+
+def test_the_document_pixel_limit_counts_every_page() -> None:
+    raw = multipage_tiff([(100, 100)] * 3)
+    with pytest.raises(PixelLimitError, match="OCR_MAX_DOCUMENT_PIXELS"):
+        open_document(raw, ImageLimits(max_document_pixels=29_999))
+    assert open_document(raw, ImageLimits(max_document_pixels=30_000)).page_count == 3

@@ -225,3 +225,12 @@ def test_env_names_lists_the_issue_contract() -> None:
         "API_KEY",
     }
     assert contract <= env_names()
+
+
+def test_a_blank_api_key_is_no_key() -> None:
+    from consumers.settings import SidecarSettings
+
+    assert SidecarSettings(api_key="").api_key is None
+    assert SidecarSettings(api_key="  ").api_key is None
+    key = SidecarSettings(api_key="k").api_key
+    assert key is not None and key.get_secret_value() == "k"
