@@ -8,14 +8,27 @@ import signal
 import time
 
 import pytest
+from PIL import Image
 
 from consumers.demo import sample_scans
 from consumers.settings import Settings
 from producers.publisher import RequestOptions, build_request
+from schemas import OcrRequest
+from schemas.records import utc_now
 from tests.support.kafka import publish_requests, read_outputs
+from tests.support.scans import encode
 from tests.support.workers import WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.tesseract]
+
+
+def build_request_for(raw: bytes, content_type: str, document_id: str) -> OcrRequest:
+    return OcrRequest(
+        document_id=document_id,
+        content_type=content_type,
+        submitted_at=utc_now(),
+        image=raw,
+    )
 
 
 async def publish_copies(settings: Settings, copies: int) -> list[str]:
@@ -110,3 +123,42 @@ async def test_two_workers_split_the_partitions(settings: Settings) -> None:
     outputs = await read_outputs(settings, results=len(ids))
     assert {r.document_id for r in outputs.results} == set(ids)
     assert len({r.worker_id for r in outputs.results}) == 2
+
+
+async def test_sigterm_during_a_long_decode_exits_within_the_drain_timeout(
+    settings: Settings,
+) -> None:
+    """Data: a generated 10-page TIFF of 10,000 x 10,000 px blank pages (1e9 px, the
+    document limit), whose pages take seconds each to decode and shrink. SIGTERM
+    lands while it decodes; decodes run in daemon threads the worker walks away from,
+    so it exits within the drain timeout plus a short grace instead of decoding on."""
+    page = Image.new("L", (10_000, 10_000), 255)
+    raw = encode(
+        page,
+        "TIFF",
+        save_all=True,
+        append_images=[page] * 9,
+        compression="tiff_adobe_deflate",
+    )
+    request = build_request_for(raw, "image/tiff", "long-decode")
+    await publish_requests(settings, [request])
+    drain_s, grace_s = 1.0, 6.0
+    worker = WorkerProcess(settings, "stuck", OCR_DRAIN_TIMEOUT_S=str(drain_s))
+    try:
+        worker.wait_ready()
+        deadline = time.monotonic() + 60
+        while worker.get("/health").json()["active_requests"] == 0:
+            assert time.monotonic() < deadline, worker.log()
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)  # well inside the first pages' decode
+        signalled = time.monotonic()
+        worker.signal(signal.SIGTERM)
+        status = worker.wait(120)
+        took = time.monotonic() - signalled
+    finally:
+        worker.stop()
+    print(f"SIGTERM during decode: exit {status} after {took:.1f} s")
+    assert status == 0, worker.log()
+    assert took < drain_s + grace_s, worker.log()
+    # nothing was finished, so nothing was committed: the record is still there
+    assert (await read_outputs(settings, results=1, timeout_s=2)).results == []
