@@ -6,7 +6,9 @@ limits), so that each peak RSS (``VmHWM`` of the worker process) is the case's o
 1. ``palette-50``: 50 deflated palette pages of 1e8 px each (~5 MB on disk);
 2. ``g4-50``: 50 blank CCITT G4 pages of 1e8 px each (~70 KB on disk);
 3. ``both``: the two at once, on two partitions;
-4. ``150k-ifds``: a 15 MB TIFF of 150,000 1x1 IFDs.
+4. ``150k-ifds``: a 15 MB TIFF of 150,000 1x1 IFDs;
+5. ``9-page-x8``: eight 9-page TIFFs of 1e8-px pages at once (~0.9 MB each): every one
+   within every limit (9e8 px < OCR_MAX_DOCUMENT_PIXELS), together 7.2e9 px in a batch.
 
 Every bomb is generated in memory (``tests/support/poison.py``). Prints each result's
 status and error code, the seconds from publish to result and the worker's peak RSS,
@@ -35,10 +37,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from consumers.broker import EmbeddedBroker, ensure_topics
 from consumers.settings import Settings
 from schemas import DeadLetter, OcrResult
-from tests.support.poison import MiB, Poison, bomb_poisons
+from tests.support.poison import MiB, Poison, bomb_poisons, slow_decode
 from tests.support.workers import WorkerProcess
 
 GB = 1000**3
+PARTITIONS = 4
 
 Position = tuple[int, int]  # partition, offset
 
@@ -202,12 +205,14 @@ async def run_case(
     seconds_limit: float | None = None,
 ) -> Row:
     """A fresh worker, the bombs published at once (one partition each), their results."""
-    settings = await fresh_topics(bootstrap_servers)
+    settings = await fresh_topics(bootstrap_servers, PARTITIONS)
     worker = start_worker(settings, f"bomb-{name}")
     try:
         idle_kib = proc_status_kib(worker.process.pid, "VmHWM")
         async with OutputReader(settings) as reader:
-            positions = await publish(settings, [(p, i) for i, p in enumerate(poisons)])
+            positions = await publish(
+                settings, [(p, i % PARTITIONS) for i, p in enumerate(poisons)]
+            )
             done = await reader.wait_for(positions, worker, timeout_s)
             peak = proc_status_kib(worker.process.pid, "VmHWM") * 1024
         exit_code = worker.process.poll()
@@ -251,6 +256,7 @@ async def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     print("generating the bombs...", flush=True)
     palette, g4, many = bomb_poisons()
+    within = slow_decode(9)
     for bomb in (palette, g4, many):
         print(f"  {bomb.name}: {bomb.size_bytes / 1e6:.2f} MB", flush=True)
     rows = []
@@ -261,6 +267,7 @@ async def main(argv: Sequence[str] | None = None) -> int:
             ("g4-50", [g4], GB, None),
             ("both", [palette, g4], 1.5 * GB, None),
             ("150k-ifds", [many], GB, 5.0),
+            ("9-page-x8", [within] * 8, 1.5 * GB, None),
         ]:
             print(f"case {name}...", flush=True)
             rows.append(

@@ -369,6 +369,14 @@ def size_poisons() -> list[Poison]:
             key=b"k" * (3 * MiB // 2),
             cheap=False,
         ),
+        # Larger than the worker's fetch size: the broker must still hand it over.
+        of_request(
+            "record-over-fetch",
+            request("record-over-fetch", b"\x00junk" * (23 * MiB // 5), "image/png"),
+            "DOCUMENT_TOO_LARGE",
+            limit=("OCR_MAX_DOCUMENT_BYTES", 20 * MiB),
+            cheap=False,
+        ),
         # Undecodable: the key also becomes the document id (fallback): 3x in the letter.
         Poison(
             "dlq-undecodable-big-key",
@@ -401,6 +409,9 @@ def uri_poisons(root: Path) -> list[Poison]:
     return [
         *(by_uri(name, path.as_uri()) for name, path in made),
         by_uri("uri-other-host", f"file://otherhost{root}/scan.png"),
+        # Error messages that quote a part of the URI must not carry megabytes of it.
+        by_uri("uri-huge-host", f"file://{'h' * (4 * MiB)}{root}/scan.png"),
+        by_uri("uri-huge-scheme", f"{'s' * (4 * MiB)}://{root}/scan.png"),
     ]
 
 
