@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import sys
 import time
 import uuid
@@ -219,9 +220,14 @@ async def run_case(
     finally:
         worker.stop()
     arrivals = [reader.results.get(at, [None])[0] for at in positions]
-    outcomes = [
-        f"{a.result.status.value} {a.result.error_code}" if a else "no result"
+    counted = collections.Counter(
+        f"{a.result.status.value} {a.result.error_code or ''}".strip()
+        if a
+        else "no result"
         for a in arrivals
+    )
+    outcomes = [
+        f"{n}x {outcome}" if n > 1 else outcome for outcome, n in counted.items()
     ]
     if exit_code is not None:
         outcomes.append(f"worker exited {exit_code}")
