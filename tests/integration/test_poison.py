@@ -219,3 +219,5 @@ async def test_no_poison_record_stops_the_worker(
         assert not problems, "\n".join([*problems, "worker log:", worker.log()])
     finally:
         worker.stop()
+        for node in uri_root.iterdir():  # the FIFO and the device node: leave none
+            node.unlink()

@@ -339,6 +339,13 @@ def field_poisons() -> list[Poison]:
             ("OCR_MAX_ATTRIBUTES_BYTES", MAX_ATTRIBUTES_BYTES),
             attributes={f"k{n}": "v" * 4096 for n in range(8)},
         ),
+        # Refused, yet echoed on the result, they would make a result of megabytes.
+        invalid("correlation-id-4mib", _id_limit(), correlation_id="c" * (4 * MiB)),
+        invalid(
+            "attributes-2mib",
+            ("OCR_MAX_ATTRIBUTES_BYTES", MAX_ATTRIBUTES_BYTES),
+            attributes={f"k{n}": "v" * (128 * 1024) for n in range(16)},
+        ),
         invalid(
             "prompt-10mb",
             ("OCR_MAX_PROMPT_BYTES", MAX_PROMPT_BYTES),
