@@ -14,6 +14,7 @@ the engine died, transient errors outlasted their retries, or the task was cance
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -38,7 +39,7 @@ from consumers.errors import (
     error_code,
 )
 from consumers.images import ImageLimits, RasterDocument, open_document
-from consumers.intake import RequestLimits, check_request, decode_request
+from consumers.intake import RequestLimits, check_request, decode_request, echoable
 from consumers.metrics import WorkerMetrics
 from consumers.outcomes import Msg, Outcome, OutcomeBuilder, page_text, where
 from consumers.retry import RetryPolicy, retry_transient
@@ -51,7 +52,7 @@ from schemas.content_types import sniff_content_type
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Pages are decoded this many at a time across the worker, first come first served.
+# Pages are decoded this many at a time across the worker (and within a pixel bound).
 # Everything decoding at once would share the cores evenly, so every page would be
 # ready late; in turns, the first pages reach the engine early (an idle GPU starts on
 # the first page it gets) and later ones follow at the same rate.
@@ -102,6 +103,54 @@ class _DecodeClock:
             self.spent_s += time.monotonic() - started
 
 
+class _DecodeTurns:
+    """Decodes in flight across the worker: at most ``DECODE_CONCURRENCY`` at once, and
+    at most ``max_pixels`` pixels being decoded together (one page at the per-page
+    limit, or several ordinary ones), so a batch of large documents cannot decode its
+    way out of memory. A decode's share comes back when its thread ends, not when its
+    caller gives up on it: an abandoned decode still counts while it runs."""
+
+    def __init__(self, max_pixels: int) -> None:
+        self._max_pixels = max_pixels
+        self._count = 0
+        self._pixels = 0
+        self._changed = asyncio.Condition()
+        self._notifying: set[asyncio.Task[None]] = set()
+
+    async def run(self, pixels: int, clock: _DecodeClock, decode: Callable[[], T]) -> T:
+        share = min(pixels, self._max_pixels)
+        async with self._changed:
+            await self._changed.wait_for(
+                lambda: (
+                    self._count < DECODE_CONCURRENCY
+                    and self._pixels + share <= self._max_pixels
+                )
+            )
+            self._count += 1
+            self._pixels += share
+        loop = asyncio.get_running_loop()
+
+        def in_thread() -> T:
+            try:
+                return decode()
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop may be closed
+                    loop.call_soon_threadsafe(self._give_back, share)
+
+        return await clock.run(in_thread)
+
+    def _give_back(self, share: int) -> None:
+        self._count -= 1
+        self._pixels -= share
+        task = asyncio.ensure_future(self._notify())
+        self._notifying.add(task)
+        task.add_done_callback(self._notifying.discard)
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+
 class DocumentRecognizer:
     def __init__(
         self,
@@ -121,7 +170,7 @@ class DocumentRecognizer:
         self._state = state
         self._on_page = on_page
         self._open = opener
-        self._decode_turns = asyncio.Semaphore(DECODE_CONCURRENCY)
+        self._decode_turns = _DecodeTurns(options.limits.max_pixels)
 
     async def recognize(self, msg: Msg, places: PagePlaces) -> Outcome:
         """The outcome of one record, which arrives holding its first budget place.
@@ -143,14 +192,14 @@ class DocumentRecognizer:
     async def _recognize(
         self, msg: Msg, places: PagePlaces, known: _Known, started: float
     ) -> Outcome:
-        request = known.request = decode_request(msg)
+        request = decode_request(msg)
+        known.request = echoable(request, self._options.request_limits)
         check_request(request, self._options.request_limits)
         raw = await self._read(request)
         clock = _DecodeClock(self._options.decode_timeout_s)
-        async with self._decode_turns:
-            known.digest, document = await clock.run(
-                lambda: (sha256_hex(raw), self._open(raw, self._options.limits))
-            )
+        known.digest, document = await self._decode_turns.run(
+            0, clock, lambda: (sha256_hex(raw), self._open(raw, self._options.limits))
+        )
         texts = await self._pages(msg, request, document, places, clock)
         return self._outcomes.finished(msg, request, known.digest, texts, started)
 
@@ -189,8 +238,10 @@ class DocumentRecognizer:
                     await places.take()
                 if any(task.done() and task.exception() for task in tasks):
                     break  # a page failed fatally: gather raises it below
-                async with self._decode_turns:
-                    image = await clock.run(partial(document.page, index))
+                width, height = document.sizes[index]
+                image = await self._decode_turns.run(
+                    width * height, clock, partial(document.page, index)
+                )
                 tasks.append(
                     asyncio.create_task(
                         self._page(msg, request, index + 1, image, count, places)

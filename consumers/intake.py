@@ -6,6 +6,7 @@ what fails here costs nothing but the result and dead letter that say why.
 
 from __future__ import annotations
 
+import dataclasses
 import unicodedata
 from dataclasses import dataclass
 
@@ -62,6 +63,24 @@ def check_request(request: OcrRequest, limits: RequestLimits) -> None:
                 f"prompt is {size} bytes; the limit is {limits.max_prompt_bytes} "
                 "(OCR_MAX_PROMPT_BYTES)"
             )
+
+
+def echoable(request: OcrRequest, limits: RequestLimits) -> OcrRequest:
+    """The request without the echoed fields that break a limit: what a FAILED result
+    may carry back (a refused 4 MiB correlation id must not come back in the result)."""
+    changes: dict[str, object] = {}
+    for name in ("correlation_id", "source_system"):
+        value = getattr(request, name)
+        if value is not None:
+            try:
+                check_identifier(name, value, limits.max_id_chars)
+            except InvalidRequestError:
+                changes[name] = None
+    try:
+        _check_attributes(request.attributes, limits)
+    except InvalidRequestError:
+        changes["attributes"] = {}
+    return dataclasses.replace(request, **changes) if changes else request  # type: ignore[arg-type]
 
 
 def check_identifier(name: str, value: str, max_chars: int) -> None:

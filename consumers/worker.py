@@ -86,6 +86,7 @@ class OcrWorker:
         self._failure: BaseException | None = None
         self._paused = False
         self._next_check_at = 0.0
+        self._beyond_end: dict[TopicPartition, int] = {}  # seen past the end once
         metrics.inflight_limit.set(budget.limit)
         # the gauges read the one count each, never a mirror of it
         metrics.inflight_pages.set_function(lambda: budget.used)
@@ -274,9 +275,17 @@ class OcrWorker:
             self._broker_reachable(False, exc)
             return
         self._broker_reachable(True)
-        for tp, end in ends.items():
+        beyond_end, self._beyond_end = self._beyond_end, {}
+        for tp, listed_end in ends.items():
             position = positions[tp]
+            # A broker may list an end behind the last fetch's high watermark (the
+            # embedded one sometimes gives a batch's first offset): take the larger,
+            # and reset only when two checks in a row find the same position past it.
+            end = max(listed_end, self._consumer.highwater(tp) or 0)
             if position > end:
+                if beyond_end.get(tp) != position:
+                    self._beyond_end[tp] = position
+                    continue
                 await self._reset_beyond_end(tp, position, end)
                 position = end  # where the lag is counted from until the next check
             first = self._offsets.first_unfinished(tp)

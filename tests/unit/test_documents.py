@@ -649,3 +649,41 @@ async def test_a_failing_progress_send_never_fails_the_record() -> None:
     outcome = await harness.recognize(record(req.encode()))
     assert outcome.result.status is DocumentStatus.OK
     assert outcome.dead_letter is None
+
+
+async def test_a_refused_field_is_not_echoed_back(
+    make_harness: Callable[..., Harness],
+) -> None:
+    fields = {"correlation_id": "c" * 40, "attributes": {"k": "v" * 70}}
+    outcome = await make_harness().recognize(record(request(**fields).encode()))
+    result = outcome.result
+    assert result.error_code == "INVALID_REQUEST"
+    assert result.correlation_id is None
+    assert result.attributes == {}
+    assert result.source_system == "emr-test"  # what was within its limit stays
+
+
+async def test_large_pages_decode_one_at_a_time() -> None:
+    """Pixels being decoded together stay within one page at the per-page limit."""
+    SlowDocument.most = 0
+    harness = Harness(
+        FakeEngine(), ImageLimits(max_pixels=1000), opener=slow_opener(0.02)
+    )
+    tiff = multipage_tiff([(30, 30)] * 2)  # 900 px a page: two would be 1800
+    msgs = [
+        record(
+            request(
+                document_id=f"d{i}", image=tiff, content_type="image/tiff"
+            ).encode(),
+            offset=i,
+        )
+        for i in range(4)
+    ]
+    outcomes = await asyncio.gather(
+        *(
+            harness.recognizer.recognize(msg, PagePlaces.admit(harness.budget))
+            for msg in msgs
+        )
+    )
+    assert [o.result.status for o in outcomes] == [DocumentStatus.OK] * 4
+    assert SlowDocument.most == 1
