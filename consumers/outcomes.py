@@ -101,18 +101,7 @@ class OutcomeBuilder:
         started: float,
     ) -> Outcome:
         """The whole record failed before any page was read."""
-        result = self._result(
-            msg,
-            request,
-            digest,
-            started,
-            status=DocumentStatus.FAILED,
-            pages=[],
-            error_code=error_code(exc),
-            error_message=describe(exc),
-        )
-        fitted, _ = self._fit_result(result)  # fits: MIN_RECORD_BYTES, no text
-        return Outcome(fitted, self._dead_letter(msg, exc, request))
+        return self._failure(msg, request, digest, started, exc, [])
 
     def finished(
         self,
@@ -124,37 +113,31 @@ class OutcomeBuilder:
     ) -> Outcome:
         """Every page was tried; the record failed if any page did."""
         failed = [p for p in pages if p.status == "FAILED"]
-        if not failed:
-            result = self._result(
-                msg,
-                request,
-                digest,
-                started,
-                status=DocumentStatus.OK,
-                pages=pages,
-                error_code=None,
-                error_message=None,
-            )
-            fitted, fits = self._fit_result(result)
-            if fits:
-                return Outcome(fitted)
-            return self._too_large(msg, request, digest, result, started)
-        message = f"pages {', '.join(str(p.page_number) for p in failed)} failed"
-        result = self._result(
-            msg,
-            request,
-            digest,
-            started,
-            status=DocumentStatus.FAILED,
-            pages=pages,
-            error_code=PageFailedError.error_code,
-            error_message=message,
-        )
+        if failed:
+            numbers = ", ".join(str(p.page_number) for p in failed)
+            exc = PageFailedError(f"pages {numbers} failed")
+            return self._failure(msg, request, digest, started, exc, pages)
+        result = self._result(msg, request, digest, started, pages, None)
         fitted, fits = self._fit_result(result)
-        if not fits:
+        if fits:
+            return Outcome(fitted)
+        return self._too_large(msg, request, digest, result, started)
+
+    def _failure(
+        self,
+        msg: Msg,
+        request: OcrRequest | None,
+        digest: str | None,
+        started: float,
+        exc: BaseException,
+        pages: list[PageText],
+    ) -> Outcome:
+        """A FAILED result and the dead letter that goes with it."""
+        result = self._result(msg, request, digest, started, pages, exc)
+        fitted, fits = self._fit_result(result)
+        if not fits and request is not None:  # without pages it always fits
             return self._too_large(msg, request, digest, result, started)
-        letter = self._dead_letter(msg, PageFailedError(message), request)
-        return Outcome(fitted, letter)
+        return Outcome(fitted, self._dead_letter(msg, exc, request))
 
     def _too_large(
         self,
@@ -169,16 +152,7 @@ class OutcomeBuilder:
             f"the text of {whole.page_count} pages is {len(whole.text.encode())} bytes;"
             f" a result may be {self.max_record_bytes} bytes with everything else"
         )
-        result = self._result(
-            msg,
-            request,
-            digest,
-            started,
-            status=DocumentStatus.FAILED,
-            pages=[],
-            error_code=exc.error_code,
-            error_message=describe(exc),
-        )
+        result = self._result(msg, request, digest, started, [], exc)
         result = dataclasses.replace(
             result,
             page_count=whole.page_count,
@@ -194,24 +168,22 @@ class OutcomeBuilder:
         request: OcrRequest | None,
         digest: str | None,
         started: float,
-        *,
-        status: DocumentStatus,
         pages: list[PageText],
-        error_code: str | None,
-        error_message: str | None,
+        error: BaseException | None,
     ) -> OcrResult:
+        """The result of the record: OK without ``error``, else FAILED with it."""
         completed = utc_now()
         submitted = request.submitted_at if request else None
         document_id, omitted = self._document_id(msg, request)
         return OcrResult(
             document_id=document_id,
-            status=status,
+            status=DocumentStatus.OK if error is None else DocumentStatus.FAILED,
             completed_at=completed,
             text=FORM_FEED.join(p.text for p in pages),
             pages=pages,
             page_count=len(pages),
-            error_code=error_code,
-            error_message=None if error_message is None else bounded(error_message),
+            error_code=None if error is None else error_code(error),
+            error_message=None if error is None else bounded(describe(error)),
             model=self.model,
             engine=self.engine,
             processing_time_ms=round((time.monotonic() - started) * 1000),

@@ -10,29 +10,17 @@ from contextlib import asynccontextmanager
 
 import httpx
 import pytest
-from PIL import Image
 
 from consumers.broker import free_port
 from consumers.runner import run_worker
 from consumers.settings import Settings
-from schemas import OcrRequest
-from schemas.records import utc_now
 from tests.support.engines import FakeEngine
 from tests.support.kafka import publish_requests, read_outputs
-from tests.support.scans import encode
+from tests.support.records import png_request
 
 pytestmark = pytest.mark.integration
 
 STALL_S = 1.0
-
-
-def png_request(doc_id: str) -> OcrRequest:
-    return OcrRequest(
-        document_id=doc_id,
-        content_type="image/png",
-        submitted_at=utc_now(),
-        image=encode(Image.new("L", (64, 32), 255), "PNG"),
-    )
 
 
 @asynccontextmanager

@@ -12,27 +12,15 @@ from PIL import Image
 
 from consumers.settings import Settings
 from schemas import OcrRequest
-from schemas.records import utc_now
 from tests.support.cer import SAMPLES_DIR, load_manifest, micro_cer, score_page
 from tests.support.kafka import publish_raw, publish_requests, read_outputs
+from tests.support.records import scan_request as request
 from tests.support.scans import encode, multipage_tiff, png_claiming
 from tests.support.workers import run_burst
 
 pytestmark = [pytest.mark.integration, pytest.mark.tesseract]
 
 GOOD_SCAN = SAMPLES_DIR / "pub-0029.png"  # clean prescription, 69 KB
-
-
-def request(
-    doc_id: str, raw: bytes | None, content_type: str = "image/png", **fields: object
-) -> OcrRequest:
-    return OcrRequest(
-        document_id=doc_id,
-        content_type=content_type,
-        submitted_at=utc_now(),
-        image=raw,
-        **fields,
-    )  # type: ignore[arg-type]
 
 
 def variants_of(scan: Path) -> dict[str, OcrRequest]:

@@ -13,22 +13,12 @@ from PIL import Image
 from consumers.demo import sample_scans
 from consumers.settings import Settings
 from producers.publisher import RequestOptions, build_request
-from schemas import OcrRequest
-from schemas.records import utc_now
 from tests.support.kafka import publish_requests, read_outputs
+from tests.support.records import scan_request
 from tests.support.scans import encode
 from tests.support.workers import WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.tesseract]
-
-
-def build_request_for(raw: bytes, content_type: str, document_id: str) -> OcrRequest:
-    return OcrRequest(
-        document_id=document_id,
-        content_type=content_type,
-        submitted_at=utc_now(),
-        image=raw,
-    )
 
 
 async def publish_copies(settings: Settings, copies: int) -> list[str]:
@@ -140,7 +130,7 @@ async def test_sigterm_during_a_long_decode_exits_within_the_drain_timeout(
         append_images=[page] * 9,
         compression="tiff_adobe_deflate",
     )
-    request = build_request_for(raw, "image/tiff", "long-decode")
+    request = scan_request("long-decode", raw, "image/tiff")
     await publish_requests(settings, [request])
     drain_s, grace_s = 1.0, 6.0
     worker = WorkerProcess(settings, "stuck", OCR_DRAIN_TIMEOUT_S=str(drain_s))

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from PIL import Image
 
 from consumers.runner import producer_options, run_worker
 from consumers.settings import Settings
@@ -18,19 +17,11 @@ from schemas import OcrRequest
 from schemas.records import utc_now
 from tests.support.engines import FakeEngine
 from tests.support.kafka import publish_raw, publish_requests, read_outputs
-from tests.support.scans import encode, multipage_tiff
+from tests.support.records import png_request
+from tests.support.scans import multipage_tiff
 from tests.support.workers import run_burst
 
 pytestmark = pytest.mark.integration
-
-
-def png_request(doc_id: str) -> OcrRequest:
-    return OcrRequest(
-        document_id=doc_id,
-        content_type="image/png",
-        submitted_at=utc_now(),
-        image=encode(Image.new("L", (64, 32), 255), "PNG"),
-    )
 
 
 @asynccontextmanager

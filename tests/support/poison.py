@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from schemas import OcrRequest
 from schemas.codec import MAGIC, load_codec, read_schema
-from schemas.records import utc_now
+from tests.support.records import scan_request as request
 from tests.support.scans import encode, multipage_tiff
 
 MiB = 1024 * 1024
@@ -58,18 +58,6 @@ class Poison:
     @property
     def size_bytes(self) -> int:
         return len(self.key or b"") + len(self.value or b"")
-
-
-def request(
-    doc_id: str, raw: bytes | None, content_type: str, **fields: Any
-) -> OcrRequest:
-    return OcrRequest(
-        document_id=doc_id,
-        content_type=content_type,
-        submitted_at=utc_now(),
-        image=raw,
-        **fields,
-    )
 
 
 def of_request(

@@ -9,10 +9,8 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 import pytest
-from aiokafka.structs import ConsumerRecord
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
@@ -33,9 +31,9 @@ from consumers.outcomes import Msg, Outcome, OutcomeBuilder
 from consumers.retry import RetriesExhaustedError, RetryPolicy
 from schemas import DeadLetter, DocumentStatus, OcrRequest, OcrResult
 from tests.support.engines import FakeEngine
+from tests.support.records import SUBMITTED, consumer_record, sender_request
 from tests.support.scans import encode, multipage_tiff
 
-SUBMITTED = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
 FAST_RETRY = RetryPolicy(attempts=3, base_s=0.001, max_s=0.002)
 
 
@@ -50,38 +48,23 @@ def truncated_png() -> bytes:
 
 
 def request(**fields: object) -> OcrRequest:
-    values: dict[str, object] = {
-        "document_id": "doc-1",
-        "content_type": "image/png",
-        "submitted_at": SUBMITTED,
-        "image": png(),
-        "source_system": "emr-test",
-        "correlation_id": "acc-1",
-        "attributes": {"ward": "7"},
-    }
-    values.update(fields)
-    return OcrRequest(**values)  # type: ignore[arg-type]
+    return sender_request(**{"image": png(), **fields})
 
 
-def record(
-    value: bytes | None,
-    key: bytes | None = b"doc-1",
-    offset: int = 42,
-    headers: tuple[tuple[str, bytes], ...] = (),
-) -> Msg:
-    return ConsumerRecord(
-        topic="ocr.requests",
-        partition=3,
-        offset=offset,
-        timestamp=0,
-        timestamp_type=0,
-        key=key,
-        value=value,
-        checksum=None,
-        serialized_key_size=len(key or b""),
-        serialized_value_size=len(value or b""),
-        headers=headers,
-    )
+record = consumer_record
+
+
+def tiff_records(tiff: bytes, count: int) -> list[Msg]:
+    """``count`` records of the same TIFF, ``d0``, ``d1``, ... at offsets 0, 1, ..."""
+    return [
+        record(
+            request(
+                document_id=f"d{i}", image=tiff, content_type="image/tiff"
+            ).encode(),
+            offset=i,
+        )
+        for i in range(count)
+    ]
 
 
 class Harness:
@@ -129,6 +112,18 @@ class Harness:
             return await self.recognizer.recognize(msg, PagePlaces.admit(self.budget))
         finally:
             assert self.budget.used == 0
+
+    async def recognize_all(self, msgs: list[Msg]) -> list[Outcome]:
+        """Records admitted together, as one fetched batch, recognised concurrently."""
+        places = [PagePlaces.admit(self.budget) for _ in msgs]
+        return list(
+            await asyncio.gather(
+                *(
+                    self.recognizer.recognize(m, p)
+                    for m, p in zip(msgs, places, strict=True)
+                )
+            )
+        )
 
     def sample(self, name: str, **labels: str) -> float:
         return self.registry.get_sample_value(name, labels) or 0.0
@@ -210,12 +205,7 @@ async def test_scans_are_decoded_a_few_at_a_time() -> None:
     msgs = [
         record(request(document_id=f"doc-{i}").encode(), offset=i) for i in range(12)
     ]
-    outcomes = await asyncio.gather(
-        *(
-            harness.recognizer.recognize(msg, PagePlaces.admit(harness.budget))
-            for msg in msgs
-        )
-    )
+    outcomes = await harness.recognize_all(msgs)
     assert [o.result.status for o in outcomes] == [DocumentStatus.OK] * 12
     assert SlowDocument.most == DECODE_CONCURRENCY < len(msgs)
     assert harness.budget.used == 0
@@ -271,24 +261,8 @@ async def test_decoded_pages_never_exceed_the_budget() -> None:
 async def test_two_long_documents_share_a_small_budget_without_deadlock() -> None:
     harness = Harness(FakeEngine(delay_s=0.005), ImageLimits(), budget_limit=2)
     tiff = multipage_tiff([(10, 10)] * 5)
-    msgs = [
-        record(
-            request(
-                document_id=f"d{i}", image=tiff, content_type="image/tiff"
-            ).encode(),
-            offset=i,
-        )
-        for i in range(2)
-    ]
-    outcomes = await asyncio.wait_for(
-        asyncio.gather(
-            *(
-                harness.recognizer.recognize(msg, PagePlaces.admit(harness.budget))
-                for msg in msgs
-            )
-        ),
-        10,
-    )
+    msgs = tiff_records(tiff, 2)
+    outcomes = await asyncio.wait_for(harness.recognize_all(msgs), 10)
     assert [o.result.page_count for o in outcomes] == [5, 5]
     assert harness.budget.used == 0
 
@@ -670,20 +644,7 @@ async def test_large_pages_decode_one_at_a_time() -> None:
         FakeEngine(), ImageLimits(max_pixels=1000), opener=slow_opener(0.02)
     )
     tiff = multipage_tiff([(30, 30)] * 2)  # 900 px a page: two would be 1800
-    msgs = [
-        record(
-            request(
-                document_id=f"d{i}", image=tiff, content_type="image/tiff"
-            ).encode(),
-            offset=i,
-        )
-        for i in range(4)
-    ]
-    outcomes = await asyncio.gather(
-        *(
-            harness.recognizer.recognize(msg, PagePlaces.admit(harness.budget))
-            for msg in msgs
-        )
-    )
+    msgs = tiff_records(tiff, 4)
+    outcomes = await harness.recognize_all(msgs)
     assert [o.result.status for o in outcomes] == [DocumentStatus.OK] * 4
     assert SlowDocument.most == 1

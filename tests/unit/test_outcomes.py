@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from datetime import UTC, datetime
 
 import pytest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
-from aiokafka.structs import ConsumerRecord
 
 from consumers.errors import ImageUriError, InvalidRequestError, UndecodableRecordError
 from consumers.outcomes import (
@@ -22,27 +20,16 @@ from consumers.outcomes import (
     fallback_document_id,
 )
 from producers.results import dead_letter_key, result_key
-from schemas import DeadLetter, DocumentStatus, OcrRequest, OcrResult, PageText
+from schemas import DeadLetter, DocumentStatus, OcrResult, PageText
+from tests.support.records import consumer_record, sender_request
 
-SUBMITTED = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
 MIB = 1024 * 1024
 HUGE = 11 * MIB
 POSITION = "ocr.requests-3-42"
 SMALL_LIMIT = MIB
 
 
-def request(**fields: object) -> OcrRequest:
-    values: dict[str, object] = {
-        "document_id": "doc-1",
-        "content_type": "image/png",
-        "submitted_at": SUBMITTED,
-        "image": b"\x89PNG\r\n\x1a\n",
-        "source_system": "emr-test",
-        "correlation_id": "acc-1",
-        "attributes": {"ward": "7"},
-    }
-    values.update(fields)
-    return OcrRequest(**values)  # type: ignore[arg-type]
+request = sender_request
 
 
 def record(
@@ -50,19 +37,7 @@ def record(
     key: bytes | None = b"doc-1",
     headers: tuple[tuple[str, bytes], ...] = (),
 ) -> Msg:
-    return ConsumerRecord(
-        topic="ocr.requests",
-        partition=3,
-        offset=42,
-        timestamp=0,
-        timestamp_type=0,
-        key=key,
-        value=value,
-        checksum=None,
-        serialized_key_size=len(key or b""),
-        serialized_value_size=len(value or b""),
-        headers=headers,
-    )
+    return consumer_record(value, key, headers=headers)
 
 
 def builder(max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> OutcomeBuilder:
