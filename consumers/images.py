@@ -219,4 +219,15 @@ def _to_8bit(page: Image.Image) -> Image.Image:
         flat = Image.new("RGB", rgba.size, (255, 255, 255))
         flat.paste(rgba, mask=rgba.getchannel("A"))
         return flat
+    if mode == "P" and _gray_palette(page):
+        return page.convert("L")  # a third of RGB's memory, the same pixels
     return page.convert("RGB")  # CMYK, YCbCr, palette without transparency, ...
+
+
+def _gray_palette(page: Image.Image) -> bool:
+    """Every palette entry is a gray (scanners write bilevel and gray pages so)."""
+    palette = page.getpalette() or []
+    return all(
+        palette[i] == palette[i + 1] == palette[i + 2]
+        for i in range(0, len(palette) - 2, 3)
+    )

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import socket
+from typing import Literal
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -36,6 +37,10 @@ from schemas import OcrRequest, PageText
 from schemas.records import PageProgress, utc_now
 
 log = logging.getLogger(__name__)
+
+# Where a partition without a committed offset starts; also where the worker restarts a
+# partition whose log was lost under it: the beginning, so no request goes unanswered.
+OFFSET_RESET: Literal["earliest", "latest"] = "earliest"
 
 
 def image_limits(settings: Settings) -> ImageLimits:
@@ -91,7 +96,7 @@ def build_consumer(settings: Settings) -> AIOKafkaConsumer:
         **settings.kafka.client_kwargs(),
         group_id=settings.kafka.consumer_group,
         enable_auto_commit=False,
-        auto_offset_reset="earliest",
+        auto_offset_reset=OFFSET_RESET,
         **fetch_options(settings.limits.max_document_bytes),
         fetch_max_bytes=max(
             52_428_800, fetch_bytes_for(settings.limits.max_document_bytes)
@@ -187,6 +192,7 @@ async def _consume(
             max_records=batch.max_records,
             max_wait_ms=batch.max_wait_ms,
             drain_timeout_s=batch.drain_timeout_s,
+            offset_reset=OFFSET_RESET,
         ),
         publish_retry=retry,
     )

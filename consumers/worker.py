@@ -48,7 +48,7 @@ class LoopOptions:
     max_wait_ms: int = 200
     drain_timeout_s: float = 60.0
     broker_check_timeout_s: float = 5.0
-    offset_reset: Literal["earliest", "latest"] = "earliest"  # as the consumer's
+    offset_reset: Literal["earliest", "latest"] = "earliest"  # the consumer's own
 
 
 @dataclass

@@ -259,6 +259,9 @@ def print_table(rows: Sequence[Row]) -> None:
 async def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--timeout", type=float, default=300, help="seconds a case")
+    parser.add_argument(
+        "--cases", nargs="*", default=None, help="run only these cases (default: all)"
+    )
     args = parser.parse_args(argv)
     print("generating the bombs...", flush=True)
     palette, g4, many = bomb_poisons()
@@ -275,6 +278,8 @@ async def main(argv: Sequence[str] | None = None) -> int:
             ("150k-ifds", [many], GB, 5.0),
             ("9-page-x8", [within] * 8, 1.5 * GB, None),
         ]:
+            if args.cases is not None and name not in args.cases:
+                continue
             print(f"case {name}...", flush=True)
             rows.append(
                 await run_case(servers, name, bombs, args.timeout, int(peak), seconds)

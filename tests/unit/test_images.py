@@ -351,3 +351,14 @@ def test_the_document_pixel_limit_counts_every_page() -> None:
     with pytest.raises(PixelLimitError, match="OCR_MAX_DOCUMENT_PIXELS"):
         open_document(raw, ImageLimits(max_document_pixels=29_999))
     assert open_document(raw, ImageLimits(max_document_pixels=30_000)).page_count == 3
+
+
+def test_a_gray_palette_becomes_gray_and_a_colour_one_rgb() -> None:
+    gray = Image.new("P", (10, 10), 1)
+    gray.putpalette([v for level in range(256) for v in (level, level, level)])
+    (page,) = load_pages(encode(gray, "TIFF"), LIMITS)
+    assert (page.mode, page.getpixel((0, 0))) == ("L", 1)
+    colour = Image.new("P", (10, 10), 1)
+    colour.putpalette([0, 0, 0, 200, 10, 10] + [0] * 762)
+    (page,) = load_pages(encode(colour, "PNG"), LIMITS)
+    assert (page.mode, page.getpixel((0, 0))) == ("RGB", (200, 10, 10))
