@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from consumers.budget import PageBudget, PagePlaces
@@ -28,6 +28,7 @@ from consumers.metrics import WorkerMetrics
 from consumers.offsets import OffsetTracker
 from consumers.outcomes import Msg, Outcome, where
 from consumers.retry import RetryPolicy, retry_transient
+from consumers.source import RecordSource
 from consumers.state import WorkerState
 from producers.results import ResultPublisher
 
@@ -63,7 +64,7 @@ class _Inflight:
 class OcrWorker:
     def __init__(
         self,
-        consumer: AIOKafkaConsumer,
+        consumer: RecordSource,
         publisher: ResultPublisher,
         recognizer: DocumentRecognizer,
         budget: PageBudget,

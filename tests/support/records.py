@@ -55,11 +55,13 @@ def consumer_record(
     key: bytes | None = b"doc-1",
     offset: int = 42,
     headers: tuple[tuple[str, bytes], ...] = (),
+    topic: str = "ocr.requests",
+    partition: int = 3,
 ) -> ConsumerRecord:
-    """A record as the consumer hands it over: ``ocr.requests[3]@offset``."""
+    """A record as the consumer hands it over: ``ocr.requests[3]@42`` by default."""
     return ConsumerRecord(
-        topic="ocr.requests",
-        partition=3,
+        topic=topic,
+        partition=partition,
         offset=offset,
         timestamp=0,
         timestamp_type=0,
