@@ -150,6 +150,14 @@ def classify(exc: BaseException, scope: Scope = Scope.SHARED) -> Action:
     return Action.DEAD_LETTER if scope is Scope.RECORD else Action.CRASH
 
 
+def broker_error(exc: BaseException, what: str) -> PipelineError:
+    """A Kafka client error, translated where it is caught: transient when the client
+    marks it retriable (aiokafka's ``retriable`` flag), else fatal."""
+    if getattr(exc, "retriable", False):
+        return BrokerUnavailableError(f"{what} failed: {exc!r}")
+    return FatalError(f"{what} was refused by the broker: {exc!r}")
+
+
 def error_code(exc: BaseException) -> str:
     if isinstance(exc, PipelineError):
         return exc.error_code

@@ -23,7 +23,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from consumers.budget import PageBudget, PagePlaces
 from consumers.documents import DocumentRecognizer
-from consumers.errors import BrokerUnavailableError, FatalError
+from consumers.errors import Action, FatalError, broker_error, classify
 from consumers.metrics import WorkerMetrics
 from consumers.offsets import OffsetTracker
 from consumers.outcomes import Msg, Outcome, where
@@ -169,9 +169,7 @@ class OcrWorker:
                 )
             await asyncio.gather(*deliveries)
         except KafkaError as exc:
-            if getattr(exc, "retriable", False):
-                raise BrokerUnavailableError(f"publish failed: {exc}") from exc
-            raise FatalError(f"the broker refused a result: {exc!r}") from exc
+            raise broker_error(exc, "publishing a result") from exc
 
     def _account(self, outcome: Outcome) -> None:
         result = outcome.result
@@ -211,8 +209,9 @@ class OcrWorker:
             log.warning("commit rejected after a rebalance: %s", exc)
             return
         except KafkaError as exc:
-            if not getattr(exc, "retriable", False):
-                raise FatalError(f"offset commit failed: {exc!r}") from exc
+            error = broker_error(exc, "an offset commit")
+            if classify(error) is Action.CRASH:
+                raise error from exc
             log.warning("commit failed (%s); retrying with the next batch", exc)
             return
         self._offsets.committed(offsets)

@@ -122,3 +122,13 @@ def test_poison_subclass_keeps_its_own_code() -> None:
 
     assert classify(CustomPoisonError("x")) is Action.DEAD_LETTER
     assert error_code(CustomPoisonError("x")) == "CUSTOM"
+
+
+def test_broker_errors_are_translated_by_their_retriable_flag() -> None:
+    from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
+
+    busy = errors.broker_error(KafkaTimeoutError(), "publishing a result")
+    refused = errors.broker_error(MessageSizeTooLargeError(), "publishing a result")
+    assert (classify(busy), busy.error_code) == (Action.RETRY, "BROKER_UNAVAILABLE")
+    assert (classify(refused), refused.error_code) == (Action.CRASH, "FATAL")
+    assert "publishing a result" in str(refused)
