@@ -11,16 +11,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
 from schemas import OcrRequest
-from schemas.content_types import MAGIC_BYTES, sniff_content_type
+from schemas.content_types import HEAD_BYTES, SUFFIX_TYPES, sniff_content_type
 from schemas.records import utc_now
-
-SCAN_SUFFIXES = {
-    ".png": "image/png",
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".tif": "image/tiff",
-    ".tiff": "image/tiff",
-}
 
 
 @dataclass(frozen=True)
@@ -42,7 +34,7 @@ def find_scans(paths: Sequence[Path]) -> list[Path]:
             found.extend(
                 p
                 for p in sorted(path.rglob("*"))
-                if p.is_file() and p.suffix.lower() in SCAN_SUFFIXES
+                if p.is_file() and p.suffix.lower() in SUFFIX_TYPES
             )
         elif path.is_file():
             found.append(path)
@@ -54,12 +46,12 @@ def find_scans(paths: Sequence[Path]) -> list[Path]:
 def content_type_of(path: Path, head: bytes) -> str:
     """The type the bytes are; the suffix only when the bytes say nothing."""
     sniffed = sniff_content_type(head)
-    return sniffed or SCAN_SUFFIXES.get(path.suffix.lower(), "application/octet-stream")
+    return sniffed or SUFFIX_TYPES.get(path.suffix.lower(), "application/octet-stream")
 
 
 def build_request(path: Path, options: RequestOptions) -> OcrRequest:
     raw = path.read_bytes() if not options.by_reference else None
-    head = raw[:MAGIC_BYTES] if raw is not None else _head(path)
+    head = raw[:HEAD_BYTES] if raw is not None else _head(path)
     return OcrRequest(
         document_id=options.id_prefix + path.stem,
         content_type=content_type_of(path, head),
@@ -76,7 +68,7 @@ def build_request(path: Path, options: RequestOptions) -> OcrRequest:
 
 def _head(path: Path) -> bytes:
     with path.open("rb") as scan:
-        return scan.read(MAGIC_BYTES)
+        return scan.read(HEAD_BYTES)
 
 
 class ScanPublisher:

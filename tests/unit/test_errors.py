@@ -125,9 +125,9 @@ def test_poison_subclass_keeps_its_own_code() -> None:
 
 
 def test_broker_errors_are_translated_by_their_retriable_flag() -> None:
-    from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
+    from aiokafka.errors import MessageSizeTooLargeError, RequestTimedOutError
 
-    busy = errors.broker_error(KafkaTimeoutError(), "publishing a result")
+    busy = errors.broker_error(RequestTimedOutError(), "publishing a result")
     refused = errors.broker_error(MessageSizeTooLargeError(), "publishing a result")
     assert (classify(busy), busy.error_code) == (Action.RETRY, "BROKER_UNAVAILABLE")
     assert (classify(refused), refused.error_code) == (Action.CRASH, "FATAL")
