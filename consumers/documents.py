@@ -38,7 +38,7 @@ from consumers.errors import (
     classify,
     error_code,
 )
-from consumers.images import ImageLimits, RasterDocument, open_document
+from consumers.inputs import DecodedDocument, ImageLimits, open_document
 from consumers.intake import RequestLimits, check_request, decode_request, echoable
 from consumers.metrics import WorkerMetrics
 from consumers.outcomes import Msg, Outcome, OutcomeBuilder, page_text, where
@@ -59,7 +59,7 @@ T = TypeVar("T")
 DECODE_CONCURRENCY = 4
 
 PageCallback = Callable[[OcrRequest, PageText, int], Awaitable[None]]
-DocumentOpener = Callable[[bytes, ImageLimits], RasterDocument]
+DocumentOpener = Callable[[bytes, ImageLimits], DecodedDocument]  # INPUTS.open
 
 
 @dataclass(frozen=True)
@@ -225,7 +225,7 @@ class DocumentRecognizer:
         self,
         msg: Msg,
         request: OcrRequest,
-        document: RasterDocument,
+        document: DecodedDocument,
         places: PagePlaces,
         clock: _DecodeClock,
     ) -> list[PageText]:
@@ -239,15 +239,15 @@ class DocumentRecognizer:
                 if any(task.done() and task.exception() for task in tasks):
                     break  # a page failed fatally: gather raises it below
                 width, height = document.sizes[index]
-                image = await self._decode_turns.run(
+                page = await self._decode_turns.run(
                     width * height, clock, partial(document.page, index)
                 )
                 tasks.append(
                     asyncio.create_task(
-                        self._page(msg, request, index + 1, image, count, places)
+                        self._page(msg, request, page.number, page.image, count, places)
                     )
                 )
-                del image
+                del page
             return list(await asyncio.gather(*tasks))
         except BaseException:
             for task in tasks:

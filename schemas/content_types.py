@@ -56,7 +56,7 @@ def sniff_content_type(
     return None
 
 
-def _in_words(names: list[str]) -> str:
+def in_words(names: list[str]) -> str:
     """``["PNG", "JPEG", "TIFF"]`` as "PNG, JPEG or TIFF"."""
     return " or ".join(filter(None, (", ".join(names[:-1]), names[-1])))
 
@@ -67,4 +67,4 @@ SUFFIX_TYPES = {
     for content_type in FORMATS
     for suffix in content_type.suffixes
 }
-FORMAT_NAMES = _in_words([content_type.name for content_type in FORMATS])
+FORMAT_NAMES = in_words([content_type.name for content_type in FORMATS])

@@ -24,7 +24,7 @@ from consumers.documents import (
 )
 from consumers.engines import PageRequest, PageResult
 from consumers.errors import EngineDeadError
-from consumers.images import ImageLimits, RasterDocument, open_document
+from consumers.inputs import ImageLimits, Page, RasterDocument, open_document
 from consumers.intake import RequestLimits
 from consumers.metrics import WorkerMetrics
 from consumers.outcomes import Msg, Outcome, OutcomeBuilder
@@ -167,6 +167,13 @@ async def test_good_document_is_ok(make_harness: Callable[..., Harness]) -> None
     assert harness.sample("ocr_pages_total", status="OK") == 1
 
 
+def _raster(raw: bytes, limits: ImageLimits) -> RasterDocument:
+    """The registry's document for a scan, with the checks every scan gets."""
+    document = open_document(raw, limits)
+    assert isinstance(document, RasterDocument)
+    return document
+
+
 class SlowDocument(RasterDocument):
     """A real document whose page decodes take ``delay_s`` and are counted."""
 
@@ -174,11 +181,12 @@ class SlowDocument(RasterDocument):
     most = 0
     lock = threading.Lock()
 
-    def __init__(self, document: RasterDocument, delay_s: float) -> None:
+    def __init__(self, raw: bytes, limits: ImageLimits, delay_s: float) -> None:
+        document = _raster(raw, limits)
         super().__init__(document._image, document.sizes, 4096)
         self.delay_s = delay_s
 
-    def page(self, index: int) -> Image.Image:
+    def page(self, index: int) -> Page:
         cls = SlowDocument
         with cls.lock:
             cls.decoding += 1
@@ -193,7 +201,7 @@ class SlowDocument(RasterDocument):
 
 def slow_opener(delay_s: float) -> DocumentOpener:
     def open_slowly(raw: bytes, limits: ImageLimits) -> RasterDocument:
-        return SlowDocument(open_document(raw, limits), delay_s)
+        return SlowDocument(raw, limits, delay_s)
 
     return open_slowly
 
@@ -516,12 +524,12 @@ async def test_korean_and_uid_identifiers_are_accepted(
 
 
 class BrokenDocument(RasterDocument):
-    def page(self, index: int) -> Image.Image:
+    def page(self, index: int) -> Page:
         raise RuntimeError("a bug in a decoder, quoting 홍길동")
 
 
 def broken_opener(raw: bytes, limits: ImageLimits) -> RasterDocument:
-    document = open_document(raw, limits)
+    document = _raster(raw, limits)
     return BrokenDocument(document._image, document.sizes, 4096)
 
 
@@ -545,14 +553,14 @@ async def test_an_unexpected_exception_ends_the_record_not_the_worker(
 
 
 class HangingDocument(RasterDocument):
-    def page(self, index: int) -> Image.Image:
+    def page(self, index: int) -> Page:
         time.sleep(2)
         return super().page(index)
 
 
 async def test_a_decode_past_its_time_limit_is_abandoned() -> None:
     def hanging(raw: bytes, limits: ImageLimits) -> RasterDocument:
-        document = open_document(raw, limits)
+        document = _raster(raw, limits)
         return HangingDocument(document._image, document.sizes, 4096)
 
     harness = Harness(FakeEngine(), ImageLimits(), opener=hanging, decode_timeout_s=0.2)

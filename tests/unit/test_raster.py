@@ -1,4 +1,5 @@
-"""Every kind of bad scan from the issue, and odd-but-valid ones, through load_pages."""
+"""Every kind of bad scan from the issue, and odd-but-valid ones, through load_pages
+(the registry's checks, then the raster decoder)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,7 @@ from consumers.errors import (
     UnreadableImageError,
     UnsupportedFormatError,
 )
-from consumers.images import ImageLimits, load_pages, open_document
-from schemas.content_types import sniff_content_type
+from consumers.inputs import ImageLimits, load_pages, open_document
 from tests.support.scans import encode, multipage_tiff, png_claiming, tiny_ifd_tiff
 
 LIMITS = ImageLimits()
@@ -293,24 +293,6 @@ def test_multipage_tiff_pages_of_one_size_keep_their_own_pixels() -> None:
     assert [p.getpixel((5, 5)) for p in pages] == [10, 20, 30]
 
 
-# --- magic bytes -----------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        (b"\x89PNG\r\n\x1a\n....", "image/png"),
-        (b"\xff\xd8\xff\xe0....", "image/jpeg"),
-        (b"II*\x00....", "image/tiff"),
-        (b"MM\x00*....", "image/tiff"),
-        (b"GIF89a", None),
-        (b"", None),
-    ],
-)
-def test_sniff_content_type(raw: bytes, expected: str | None) -> None:
-    assert sniff_content_type(raw) == expected
-
-
 @pytest.mark.parametrize("fmt", ["PNG", "TIFF"])  # TIFF: dpi as IFDRational
 def test_a_shrunk_page_reports_its_resolution_shrunk_too(fmt: str) -> None:
     """Tesseract reads the page's dpi: after the 4096 px cap it is the new one."""
@@ -321,6 +303,17 @@ def test_a_shrunk_page_reports_its_resolution_shrunk_too(fmt: str) -> None:
     dpi = page.info["dpi"]
     assert dpi[0] == pytest.approx(600 * 2926 / 5000, rel=1e-3)
     assert dpi[1] == pytest.approx(600 * 2926 / 5000, rel=1e-3)
+    assert open_document(raw, LIMITS).page(0).dpi == pytest.approx(dpi[0])
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "TIFF"])
+def test_a_page_carries_the_resolution_its_file_states(fmt: str) -> None:
+    raw = encode(Image.new("L", (50, 40), 255), fmt, dpi=(300, 300))
+    page = open_document(raw, LIMITS).page(0)
+    assert (page.number, page.image.size) == (1, (50, 40))
+    assert page.dpi == pytest.approx(300, rel=1e-3)  # PNG: pixels per metre
+    unstated = encode(Image.new("L", (5, 4)), "PNG")
+    assert open_document(unstated, LIMITS).page(0).dpi is None
 
 
 # --- hostile TIFF structure: bounded before any pixel is decoded -----------------
