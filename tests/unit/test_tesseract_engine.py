@@ -15,7 +15,7 @@ from PIL import Image
 from consumers.engines.base import OcrEngine, PageRequest
 from consumers.engines.tesseract import TesseractEngine, prepare_page
 from consumers.errors import ConfigurationError, PageFailedError
-from consumers.images import ImageLimits, load_pages
+from consumers.inputs import ImageLimits, load_pages
 from consumers.settings import DEFAULT_PROMPT, TesseractSettings
 from tests.support.cer import (
     SAMPLES_DIR,
