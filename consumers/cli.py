@@ -145,17 +145,14 @@ async def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _publish(args: argparse.Namespace, settings: Settings) -> int:
     from consumers.runner import producer_options
-    from producers.cli import publish_command
+    from producers.cli import PublishOptions, publish_command
+    from producers.client import OcrClient
     from producers.publisher import RequestOptions
 
     kafka = settings.kafka
     await verify_broker_tls(kafka.client_kwargs())
-    return await publish_command(
-        args.paths,
-        client_kwargs=kafka.client_kwargs(),
-        producer_options=producer_options(settings),
-        topics=kafka.topics(),
-        request_options=RequestOptions(
+    options = PublishOptions(
+        request=RequestOptions(
             prompt=args.prompt,
             max_tokens=args.max_tokens,
             temperature=args.temperature,
@@ -164,8 +161,15 @@ async def _publish(args: argparse.Namespace, settings: Settings) -> int:
         ),
         wait=args.wait,
         timeout_s=args.timeout,
-        show_progress=args.progress,
+        show_progress=args.wait and args.progress,
     )
+    async with OcrClient(
+        kafka.client_kwargs(),
+        kafka.topics(),
+        producer_options(settings),
+        progress=options.show_progress,
+    ) as client:
+        return await publish_command(args.paths, client, options)
 
 
 async def _demo(args: argparse.Namespace, settings: Settings) -> int:

@@ -57,7 +57,8 @@ def demo_settings(settings: Settings, bootstrap: str) -> Settings:
 
 
 async def run_demo(settings: Settings) -> int:
-    from producers.cli import publish_command
+    from producers.cli import PublishOptions, publish_command
+    from producers.client import OcrClient
 
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         settings = demo_settings(settings, broker.bootstrap_servers)
@@ -83,17 +84,19 @@ async def run_demo(settings: Settings) -> int:
         results: list[OcrResult] = []
         started = time.monotonic()
         try:
-            status = await publish_command(
-                [*scans, corrupt],
-                client_kwargs=kafka.client_kwargs(),
-                producer_options=producer_options(settings),
-                topics=kafka.topics(),
-                request_options=RequestOptions(source_system="medocr-demo"),
-                wait=True,
-                timeout_s=600,
-                show_progress=False,
-                on_result=results.append,
-            )
+            async with OcrClient(
+                kafka.client_kwargs(), kafka.topics(), producer_options(settings)
+            ) as client:
+                status = await publish_command(
+                    [*scans, corrupt],
+                    client,
+                    PublishOptions(
+                        RequestOptions(source_system="medocr-demo"),
+                        wait=True,
+                        timeout_s=600,
+                    ),
+                    on_result=results.append,
+                )
         finally:
             stop.set()
             await worker

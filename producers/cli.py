@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from asyncio import FIRST_EXCEPTION
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from producers.kafka import (
-    ProducerOptions,
-    Topics,
-    build_producer,
-    build_waiter_consumer,
-)
-from producers.publisher import RequestOptions, ScanPublisher, build_request, find_scans
-from producers.waiter import ResultWaiter
-from schemas import DocumentStatus, OcrResult, PageProgress
+from producers.client import OcrClient
+from producers.publisher import RequestOptions, build_request, find_scans
+from producers.replies import Reply
+from schemas import DocumentStatus, OcrRequest, OcrResult, PageProgress
 
 
 class ProgressBar:
@@ -44,16 +41,21 @@ class ProgressBar:
             self._out.write("\n")
 
 
+@dataclass(frozen=True)
+class PublishOptions:
+    """What ``medocr publish`` sends and whether (and how long) it waits."""
+
+    request: RequestOptions = field(default_factory=RequestOptions)
+    wait: bool = False
+    timeout_s: float = 600.0
+    show_progress: bool = False  # needs an OcrClient opened with progress=True
+
+
 async def publish_command(
     paths: Sequence[Path],
+    client: OcrClient,
+    options: PublishOptions,
     *,
-    client_kwargs: Mapping[str, object],
-    producer_options: ProducerOptions,
-    topics: Topics,
-    request_options: RequestOptions,
-    wait: bool,
-    timeout_s: float,
-    show_progress: bool,
     out: TextIO = sys.stdout,
     on_result: Callable[[OcrResult], None] | None = None,
 ) -> int:
@@ -62,80 +64,103 @@ async def publish_command(
     if not scans:
         print("no PNG, JPEG or TIFF files found", file=sys.stderr)
         return 2
-    waiter = None
-    if wait:
-        waiter = ResultWaiter(
-            build_waiter_consumer(client_kwargs, producer_options.max_document_bytes),
-            topics.results,
-            topics.progress if show_progress else None,
-        )
-        await waiter.start()
-    producer = build_producer(client_kwargs, producer_options)
-    await producer.start()
-    ids: list[str] = []
-    try:
-        publisher = ScanPublisher(producer, topics.requests)
-        bar = ProgressBar(len(scans), "publishing")
-        deliveries = []
-        for path in scans:
-            # Reading megabytes of scan off the loop lets the producer send the
-            # previous record meanwhile instead of after the whole burst is read.
-            request = await asyncio.to_thread(build_request, path, request_options)
-            deliveries.append(await publisher.publish(request))
-            ids.append(request.document_id)
-            bar.advance()
-        for delivery in deliveries:
-            await delivery
-        bar.close()
-    finally:
-        await producer.stop()
-    print(f"published {len(ids)} documents to {topics.requests}", file=sys.stderr)
-    if waiter is None:
+    replies = await _publish(client, scans, options)
+    print(
+        f"published {len(replies)} documents to {client.request_topic}", file=sys.stderr
+    )
+    if not options.wait:
         return 0
+    return await _wait(_first_per_id(replies), options, out, on_result)
+
+
+async def _publish(
+    client: OcrClient, scans: Sequence[Path], options: PublishOptions
+) -> list[Reply | None]:
+    """Every scan published (and acknowledged); its reply when waiting."""
+    bar = ProgressBar(len(scans), "publishing")
+    sends: list[asyncio.Task[Reply | None]] = []
+    for path in scans:
+        # Reading megabytes of scan off the loop lets the producer send the
+        # previous record meanwhile instead of after the whole burst is read.
+        request = await asyncio.to_thread(build_request, path, options.request)
+        sends.append(asyncio.create_task(_send(client, request, options.wait)))
+        bar.advance()
     try:
-        return await _wait(waiter, ids, timeout_s, show_progress, out, on_result)
+        replies = await asyncio.gather(*sends)
     finally:
-        await waiter.stop()
+        for task in sends:
+            task.cancel()
+    bar.close()
+    return replies
+
+
+async def _send(client: OcrClient, request: OcrRequest, wait: bool) -> Reply | None:
+    """Submit (a reply to wait on) or publish alone, once the broker has it."""
+    if wait:
+        return await client.submit(request)
+    await (await client.publish(request))
+    return None
+
+
+def _first_per_id(replies: Sequence[Reply | None]) -> list[Reply]:
+    """One reply per document id: a repeated id is answered by the same result."""
+    firsts: dict[str, Reply] = {}
+    for reply in replies:
+        if reply is not None:
+            firsts.setdefault(reply.document_id, reply)
+    return list(firsts.values())
 
 
 async def _wait(
-    waiter: ResultWaiter,
-    ids: list[str],
-    timeout_s: float,
-    show_progress: bool,
+    replies: list[Reply],
+    options: PublishOptions,
     out: TextIO,
     also: Callable[[OcrResult], None] | None,
 ) -> int:
     failed = 0
-    bar = ProgressBar(len(ids), "waiting")
+    bar = ProgressBar(len(replies), "waiting")
 
-    def on_result(result: OcrResult) -> None:
+    async def follow(reply: Reply) -> None:
         nonlocal failed
+        if options.show_progress:
+            async for progress in reply.events():
+                print(format_progress(progress), file=out, flush=True)
+        result = await reply.result()
         failed += result.status is DocumentStatus.FAILED
         bar.advance()
         print(format_result(result), file=out, flush=True)
         if also is not None:
             also(result)
 
-    def on_progress(progress: PageProgress) -> None:
-        print(
-            f"… {progress.document_id} page {progress.page_number}/{progress.page_count} "
-            f"{progress.status}: {progress.text[:200]}",
-            file=out,
-            flush=True,
+    follows = {asyncio.ensure_future(follow(reply)): reply for reply in replies}
+    done: set[asyncio.Future[None]] = set()
+    if follows:
+        # A reader that died fails every reply at once: its error ends the wait.
+        done, _ = await asyncio.wait(
+            follows, timeout=options.timeout_s, return_when=FIRST_EXCEPTION
         )
-
-    missing = await waiter.wait(
-        ids, timeout_s, on_result, on_progress if show_progress else None
-    )
+    missing = sorted(reply.document_id for t, reply in follows.items() if t not in done)
+    for task in follows:
+        task.cancel()
+    await asyncio.gather(*follows, return_exceptions=True)
+    errors = [t.exception() for t in done if t.exception() is not None]
+    if errors:
+        raise errors[0]  # type: ignore[misc]
     bar.close()
     if missing:
         print(
-            f"timed out waiting for {len(missing)} results: {sorted(missing)[:10]}",
+            f"timed out waiting for {len(missing)} results: {missing[:10]}",
             file=sys.stderr,
         )
         return 2
     return 1 if failed else 0
+
+
+def format_progress(progress: PageProgress) -> str:
+    return (
+        f"… {progress.document_id} page {progress.page_number}/{progress.page_count} "
+        f"{progress.status}: {progress.text[:200]}"
+    )
 
 
 def format_result(result: OcrResult) -> str:

@@ -1,23 +1,29 @@
-"""``OcrClient``: submit scans and await their results from Python.
+"""``OcrClient``: publish scans and await their results from Python.
 
-The event-driven form of a synchronous OCR call: ``await client.recognize(path)`` publishes
-a request and resolves when that document's result arrives on the result topic, however
-many other documents are in flight. Results are matched by document id; when a worker
-crashed and answered a document twice, the first answer wins.
+The one publish-and-wait path (``medocr publish --wait``, the demo and the benches use
+it): ``submit`` publishes a request and returns its ``Reply``, registered before the
+request is sent so no result can be missed, however many other documents are in flight::
 
-::
+    async with OcrClient(client_kwargs, topics, progress=True) as client:
+        reply = await client.submit(request)
+        async for event in reply.events():  # page progress, until the result
+            ...
+        result = await reply.result(timeout_s=120)
 
-    async with OcrClient(client_kwargs, topics) as client:
-        result = await client.recognize(Path("scan.tif"), timeout_s=120)
+The result topic is read by one task, started by the first ``submit``; ``publish``
+alone (fire and forget) never starts it. If that task dies, every pending reply fails
+at once with ``ReplyReaderError`` and so does every later ``submit``. See
+``producers.replies`` for how results are matched (by document id, first one wins).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+
+from aiokafka.structs import RecordMetadata
 
 from producers.kafka import (
     ProducerOptions,
@@ -26,7 +32,7 @@ from producers.kafka import (
     build_waiter_consumer,
 )
 from producers.publisher import RequestOptions, ScanPublisher, build_request
-from producers.waiter import ResultWaiter
+from producers.replies import Reply, ReplyReader
 from schemas import OcrRequest, OcrResult
 
 
@@ -36,21 +42,25 @@ class OcrClient:
         client_kwargs: Mapping[str, object],
         topics: Topics,
         producer_options: ProducerOptions | None = None,
+        *,
+        progress: bool = False,
     ) -> None:
-        options = producer_options or ProducerOptions()
-        self._producer = build_producer(client_kwargs, options)
-        self._waiter = ResultWaiter(
-            build_waiter_consumer(client_kwargs, options.max_document_bytes),
-            topics.results,
-        )
+        """``progress``: also read the progress topic, for ``Reply.events()``."""
+        self._client_kwargs = client_kwargs
+        self._topics = topics
+        self._options = producer_options or ProducerOptions()
+        self._progress = progress
+        self._producer = build_producer(client_kwargs, self._options)
         self._publisher = ScanPublisher(self._producer, topics.requests)
-        self._pending: dict[str, asyncio.Future[OcrResult]] = {}
-        self._reader: asyncio.Task[None] | None = None
+        self._reader: ReplyReader | None = None
+        self._reader_started = asyncio.Lock()
+
+    @property
+    def request_topic(self) -> str:
+        return self._topics.requests
 
     async def __aenter__(self) -> OcrClient:
-        await self._waiter.start()
         await self._producer.start()
-        self._reader = asyncio.create_task(self._read_results())
         return self
 
     async def __aexit__(
@@ -59,25 +69,31 @@ class OcrClient:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-        await self._producer.stop()
-        await self._waiter.stop()
-
-    async def submit(self, request: OcrRequest) -> asyncio.Future[OcrResult]:
-        """Publish one request; the returned future resolves with its result."""
-        if request.document_id in self._pending:
-            raise ValueError(f"document {request.document_id!r} is already in flight")
-        answer: asyncio.Future[OcrResult] = asyncio.get_running_loop().create_future()
-        self._pending[request.document_id] = answer
         try:
-            await (await self._publisher.publish(request))
+            if self._reader is not None:
+                await self._reader.stop()
+        finally:
+            await self._producer.stop()
+
+    async def publish(self, request: OcrRequest) -> asyncio.Future[RecordMetadata]:
+        """Queue one request without waiting for its result (fire and forget); the
+        returned future resolves when the broker has it."""
+        return await self._publisher.publish(request)
+
+    async def submit(self, request: OcrRequest) -> Reply:
+        """Publish one request and return its reply once the broker has the request.
+
+        Submitting an id whose reply is still pending publishes again; both replies
+        get the first result for that id (results carry nothing else to tell them
+        apart)."""
+        reader = await self._started_reader()
+        reply = reader.expect(request.document_id)
+        try:
+            await (await self.publish(request))
         except BaseException:
-            self._pending.pop(request.document_id, None)
+            reply.cancel()
             raise
-        return answer
+        return reply
 
     async def recognize(
         self,
@@ -86,18 +102,31 @@ class OcrClient:
         timeout_s: float = 600.0,
         options: RequestOptions | None = None,
     ) -> OcrResult:
-        """Publish a scan file and wait for its result (``TimeoutError`` after the wait)."""
+        """Publish a scan file and wait for its result (``ReplyTimeoutError``, a
+        ``TimeoutError``, after the wait)."""
         request = await asyncio.to_thread(
             build_request, path, options or RequestOptions()
         )
-        answer = await self.submit(request)
+        reply = await self.submit(request)
         try:
-            return await asyncio.wait_for(answer, timeout_s)
+            return await reply.result(timeout_s)
         finally:
-            self._pending.pop(request.document_id, None)
+            reply.cancel()
 
-    async def _read_results(self) -> None:
-        async for result in self._waiter.stream():
-            answer = self._pending.pop(result.document_id, None)
-            if answer is not None and not answer.done():
-                answer.set_result(result)
+    async def _started_reader(self) -> ReplyReader:
+        async with self._reader_started:
+            if self._reader is None:
+                reader = ReplyReader(
+                    build_waiter_consumer(
+                        self._client_kwargs, self._options.max_document_bytes
+                    ),
+                    self._topics.results,
+                    self._topics.progress if self._progress else None,
+                )
+                try:
+                    await reader.start()
+                except BaseException:
+                    await reader.stop()
+                    raise
+                self._reader = reader
+            return self._reader

@@ -152,7 +152,8 @@ async def run_pipeline(cases: Sequence[DocumentCase], settings: Settings) -> Run
     from consumers.broker import EmbeddedBroker, ensure_topics
     from consumers.demo import demo_settings
     from consumers.runner import producer_options, run_worker
-    from producers.cli import publish_command
+    from producers.cli import PublishOptions, publish_command
+    from producers.client import OcrClient
     from producers.publisher import RequestOptions
 
     results: dict[str, OcrResult] = {}
@@ -167,18 +168,20 @@ async def run_pipeline(cases: Sequence[DocumentCase], settings: Settings) -> Run
             ready_url = f"http://127.0.0.1:{settings.sidecar.port}/ready"
             await _wait_ready(httpx.AsyncClient(), ready_url, worker)
             started = time.perf_counter()
-            status = await publish_command(
-                [case.path for case in cases],
-                client_kwargs=kafka.client_kwargs(),
-                producer_options=producer_options(settings),
-                topics=kafka.topics(),
-                request_options=RequestOptions(source_system="medocr-bench"),
-                wait=True,
-                timeout_s=3600,
-                show_progress=False,
-                out=io.StringIO(),  # the texts go to the CER, not the terminal
-                on_result=lambda result: _keep_first(results, result),
-            )
+            async with OcrClient(
+                kafka.client_kwargs(), kafka.topics(), producer_options(settings)
+            ) as client:
+                status = await publish_command(
+                    [case.path for case in cases],
+                    client,
+                    PublishOptions(
+                        RequestOptions(source_system="medocr-bench"),
+                        wait=True,
+                        timeout_s=3600,
+                    ),
+                    out=io.StringIO(),  # the texts go to the CER, not the terminal
+                    on_result=lambda result: _keep_first(results, result),
+                )
             seconds = time.perf_counter() - started
         finally:
             stop.set()

@@ -5,19 +5,20 @@ One invocation runs, one after the other (one GPU):
 1. **raw**: a child process with vLLM's offline ``LLM.generate`` over N generated pages
    (decoded before the clock starts, vLLM's processor resizes them: naive offline use);
 2. **pipeline**: the embedded broker (``medocr broker``), ``medocr worker`` with
-   ``OCR_ENGINE=vllm`` in its own process, ``medocr publish`` of the same N page files,
-   and the results read back from the output topic.
+   ``OCR_ENGINE=vllm`` in its own process, and ``OcrClient.submit`` (the path of
+   ``medocr publish --wait``) of the same N page files from this process, each
+   awaiting its result.
 
 Both build the engine from the same ``VllmSettings`` (``engine_kwargs``), greedy, with
 ``ignore_eos`` so every page generates exactly ``--max-tokens`` tokens (dummy weights
 emit EOS at random) and no quality retries (every page ends on ``length``). Each phase
 warms up on ``--warmup`` other pages first. The raw clock runs from ``generate()`` to
-its return; the pipeline clock from the first request's ``submitted_at`` (stamped by
-``medocr publish``) to the last result read from the output topic. The time from
-launching the publish command is reported as well. ``--repeats N`` times each length N
-times per phase (one engine start, lengths interleaved) and reports the ratio of the
-phases' mean pages/s, with each pair's ratio beside it: single runs scatter by about
-±2% on an H100 that runs at its power limit.
+its return; the pipeline clock from the first request's ``submitted_at`` (stamped when
+its request is built) to the last result read from the output topic. The time from
+opening the client is reported as well (``wall_from_publish_command_s``).
+``--repeats N`` times each length N times per phase (one engine start, lengths
+interleaved) and reports the ratio of the phases' mean pages/s, with each pair's ratio
+beside it: single runs scatter by about ±2% on an H100 that runs at its power limit.
 
 On the GPU host (after the bundle's install.sh; weight-less model in /tmp/model)::
 
@@ -334,43 +335,35 @@ class Pipeline:
 
     async def run(self, folder: Path, prefix: str, max_tokens: int) -> dict[str, Any]:
         """Publish every page of ``folder`` and wait for all their results."""
-        from producers.kafka import ProducerOptions, build_waiter_consumer
-        from producers.waiter import ResultWaiter
+        from producers.client import OcrClient
+        from producers.kafka import ProducerOptions, Topics
+        from producers.publisher import RequestOptions, build_request
 
-        ids = [prefix + path.stem for path in page_files(folder)]
-        waiter = ResultWaiter(
-            build_waiter_consumer(
-                {"bootstrap_servers": self.bootstrap},
-                ProducerOptions().max_document_bytes,
-            ),
-            RESULT_TOPIC,
+        options = RequestOptions(
+            max_tokens=max_tokens,
+            by_reference=self.args.by_reference,
+            id_prefix=prefix,
         )
-        await waiter.start()
         arrivals: dict[str, tuple[float, Any]] = {}
 
-        def arrive(document_id: str, result: Any) -> None:
-            arrivals.setdefault(document_id, (time.time(), result))
+        async def submit_and_wait(client: OcrClient, path: Path) -> None:
+            request = await asyncio.to_thread(build_request, path, options)
+            reply = await client.submit(request)
+            result = await reply.result()
+            arrivals[result.document_id] = (time.time(), result)
 
+        self.publisher_pid = os.getpid()  # the client publishes from this process
         launched = time.time()
-        publish = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "consumers", "publish", str(folder),
-            "--id-prefix", prefix, "--max-tokens", str(max_tokens),
-            *(["--by-reference"] if self.args.by_reference else []),
-            env=self.env, stdout=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
-        self.publisher_pid = publish.pid
-        try:
-            missing = await waiter.wait(
-                ids,
+        async with OcrClient(
+            {"bootstrap_servers": self.bootstrap},
+            Topics(results=RESULT_TOPIC),
+            ProducerOptions(enable_idempotence=False),
+        ) as client:
+            await asyncio.wait_for(
+                asyncio.gather(
+                    *(submit_and_wait(client, path) for path in page_files(folder))
+                ),
                 self.args.phase_timeout,
-                lambda result: arrive(result.document_id, result),
-            )
-        finally:
-            await waiter.stop()
-        publish_rc = await publish.wait()
-        if missing or publish_rc != 0:
-            raise RuntimeError(
-                f"{len(missing)} results missing, publish exit {publish_rc} ({prefix})"
             )
         first_submit = min(r.submitted_at.timestamp() for _, r in arrivals.values())
         done = [t - first_submit for t, _ in arrivals.values()]

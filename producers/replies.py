@@ -1,0 +1,236 @@
+"""Replies: the result (and page progress) of each document one is waiting for.
+
+One ``ReplyReader`` reads the result topic, and the progress topic when asked, from its
+end at start-up, without a consumer group, and hands each record to the ``Reply`` of
+its document id. Records of documents nobody waits for are skipped. Results are matched
+by document id only: every reply waiting on an id gets the first result for it.
+
+Errors a reply raises::
+
+    ReplyError
+    ├── ReplyTimeoutError   (also a TimeoutError) no result within the wait; still pending
+    ├── ReplyReaderError    the reader stopped (broker error, bug); chained from the cause
+    └── ReplyClosedError    the reply was cancelled, or its client closed
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from schemas import CodecError, OcrResult, PageProgress
+
+READER_TASK_NAME = "medocr-reply-reader"
+
+
+class ReplyError(Exception):
+    """A reply that ended without a result."""
+
+
+class ReplyTimeoutError(ReplyError, TimeoutError):
+    def __init__(self, document_id: str, timeout_s: float) -> None:
+        super().__init__(
+            f"no result for document {document_id!r} within {timeout_s:g} s"
+        )
+        self.document_id = document_id
+
+
+class ReplyReaderError(ReplyError):
+    """The task reading the result topic stopped; no pending reply can be answered."""
+
+
+class ReplyClosedError(ReplyError):
+    pass
+
+
+class Reply:
+    """What comes back for one published document: page progress, then its result."""
+
+    def __init__(
+        self,
+        document_id: str,
+        forget: Callable[[Reply], None],
+        *,
+        streams_events: bool,
+    ) -> None:
+        self.document_id = document_id
+        self._forget = forget
+        self._streams_events = streams_events
+        self._done = asyncio.Event()
+        self._outcome: OcrResult | ReplyError | None = None
+        self._events: asyncio.Queue[PageProgress | None] = asyncio.Queue()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    async def result(self, timeout_s: float | None = None) -> OcrResult:
+        """The document's result; ``ReplyTimeoutError`` leaves the reply pending."""
+        if self.done():
+            pass
+        elif timeout_s is None:
+            await self._done.wait()
+        else:
+            try:
+                await asyncio.wait_for(self._done.wait(), timeout_s)
+            except TimeoutError:
+                raise ReplyTimeoutError(self.document_id, timeout_s) from None
+        if isinstance(self._outcome, OcrResult):
+            return self._outcome
+        assert self._outcome is not None  # noqa: S101 - set before _done
+        raise self._outcome
+
+    async def events(self) -> AsyncIterator[PageProgress]:
+        """Each page's progress as it arrives; ends when the result does (or the
+        error the reply ended with is raised)."""
+        if not self._streams_events:
+            raise ValueError(
+                "no progress events: open the OcrClient with progress=True"
+            )
+        while (event := await self._events.get()) is not None:
+            yield event
+        if isinstance(self._outcome, ReplyError):
+            raise self._outcome
+
+    def cancel(self) -> None:
+        """Stop waiting: ``result()`` raises ``ReplyClosedError``; a late result is
+        ignored."""
+        self._end(
+            ReplyClosedError(f"stopped waiting for document {self.document_id!r}")
+        )
+
+    def _progress(self, event: PageProgress) -> None:
+        if self._streams_events and not self.done():
+            self._events.put_nowait(event)
+
+    def _end(self, outcome: OcrResult | ReplyError) -> None:
+        if self.done():
+            return
+        self._outcome = outcome
+        self._done.set()
+        self._events.put_nowait(None)
+        self._forget(self)
+
+
+class ReplyReader:
+    """One task reads answers for every pending reply."""
+
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        result_topic: str,
+        progress_topic: str | None = None,
+    ) -> None:
+        self._consumer = consumer
+        self._result_topic = result_topic
+        self._progress_topic = progress_topic
+        self._pending: dict[str, list[Reply]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._failure: ReplyError | None = None
+        self._started = False
+
+    async def start(self) -> None:
+        """Assign every partition at its end and start reading; call before publishing."""
+        self._started = True
+        await self._consumer.start()
+        tps: list[TopicPartition] = []
+        for topic in (self._result_topic, self._progress_topic):
+            if topic is not None:
+                tps.extend(await self._partitions(topic))
+        self._consumer.assign(tps)
+        await self._consumer.seek_to_end(*tps)
+        for tp in tps:  # resolve the end offsets now, before anything is published
+            await self._consumer.position(tp)
+        self._task = asyncio.create_task(self._read(), name=READER_TASK_NAME)
+        self._task.add_done_callback(self._reader_stopped)
+
+    async def stop(self) -> None:
+        """Stop reading; replies still pending raise ``ReplyClosedError``."""
+        if self._failure is None:
+            self._failure = ReplyClosedError("the OcrClient was closed")
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait([self._task])  # its end (or error) is already reported
+        self._fail_pending(self._failure)
+        if self._started:
+            await self._consumer.stop()
+
+    def expect(self, document_id: str) -> Reply:
+        """A reply for ``document_id``: register it before publishing the request."""
+        if self._failure is not None:
+            raise _for_document(self._failure, document_id)
+        reply = Reply(
+            document_id, self._forget, streams_events=self._progress_topic is not None
+        )
+        self._pending.setdefault(document_id, []).append(reply)
+        return reply
+
+    def pending(self) -> int:
+        """How many replies wait for their result."""
+        return sum(len(replies) for replies in self._pending.values())
+
+    async def _partitions(self, topic: str) -> list[TopicPartition]:
+        partitions = self._consumer.partitions_for_topic(topic)
+        if partitions is None:
+            await self._consumer._client.force_metadata_update()
+            partitions = self._consumer.partitions_for_topic(topic)
+        if not partitions:
+            raise ReplyReaderError(f"topic {topic} does not exist")
+        return [TopicPartition(topic, p) for p in sorted(partitions)]
+
+    async def _read(self) -> None:
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=500)
+            # Progress first: a page's event and its document's result can come in
+            # one fetch, and a reply's events end with its result.
+            for tp in sorted(batch, key=lambda tp: tp.topic == self._result_topic):
+                for msg in batch[tp]:
+                    if msg.value is not None:
+                        self._deliver(tp.topic, msg.value)
+
+    def _deliver(self, topic: str, value: bytes) -> None:
+        try:
+            if topic == self._result_topic:
+                result = OcrResult.decode(value)
+            else:
+                progress = PageProgress.decode(value)
+        except CodecError:
+            return  # a foreign record on the topic is not ours to answer
+        if topic == self._result_topic:
+            for reply in self._pending.pop(result.document_id, []):
+                reply._end(result)
+        else:
+            for reply in self._pending.get(progress.document_id, []):
+                reply._progress(progress)
+
+    def _forget(self, reply: Reply) -> None:
+        replies = self._pending.get(reply.document_id, [])
+        if reply in replies:
+            replies.remove(reply)
+        if not replies:
+            self._pending.pop(reply.document_id, None)
+
+    def _reader_stopped(self, task: asyncio.Task[None]) -> None:
+        if self._failure is not None:
+            return  # stopped on purpose
+        if task.cancelled():
+            failure = ReplyReaderError("the result reader was cancelled")
+        else:
+            cause = task.exception()
+            failure = ReplyReaderError(f"the result reader stopped: {cause!r}")
+            failure.__cause__ = cause
+        self._failure = failure
+        self._fail_pending(failure)
+
+    def _fail_pending(self, failure: ReplyError) -> None:
+        for replies in list(self._pending.values()):
+            for reply in list(replies):
+                reply._end(_for_document(failure, reply.document_id))
+
+
+def _for_document(failure: ReplyError, document_id: str) -> ReplyError:
+    """The failure, re-raised for one document (one exception object per reply)."""
+    error = type(failure)(f"no result for document {document_id!r}: {failure}")
+    error.__cause__ = failure.__cause__
+    return error

@@ -1,0 +1,238 @@
+"""``OcrClient.submit`` against a real broker: the one publish-and-wait path."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from aiokafka.errors import ConsumerStoppedError
+
+from consumers.runner import producer_options, run_worker
+from consumers.settings import Settings
+from producers.cli import PublishOptions, publish_command
+from producers.client import OcrClient
+from producers.kafka import build_waiter_consumer
+from producers.replies import (
+    READER_TASK_NAME,
+    ReplyClosedError,
+    ReplyReader,
+    ReplyReaderError,
+    ReplyTimeoutError,
+)
+from schemas import OcrRequest, PageProgress
+from schemas.records import utc_now
+from tests.support.engines import FakeEngine
+from tests.support.records import png_request
+from tests.support.scans import multipage_tiff
+from tests.support.workers import run_burst
+
+pytestmark = pytest.mark.integration
+
+
+@asynccontextmanager
+async def running_worker(settings: Settings, engine: FakeEngine) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_worker(settings, stop, engine=engine))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+def client_for(settings: Settings, *, progress: bool = False) -> OcrClient:
+    kafka = settings.kafka
+    return OcrClient(
+        kafka.client_kwargs(),
+        kafka.topics(),
+        producer_options(settings),
+        progress=progress,
+    )
+
+
+def reader_task() -> asyncio.Task[object]:
+    [task] = [t for t in asyncio.all_tasks() if t.get_name() == READER_TASK_NAME]
+    return task
+
+
+async def test_concurrent_submits_each_get_their_own_result(settings: Settings) -> None:
+    engine = FakeEngine(slow={"alpha": 0.5})  # the first one answers last
+    async with running_worker(settings, engine), client_for(settings) as client:
+        await client.publish(png_request("nobody-waits"))  # its result is skipped
+        replies = await asyncio.gather(
+            *(client.submit(png_request(name)) for name in ("alpha", "beta", "gamma"))
+        )
+        results = await asyncio.gather(*(reply.result(60) for reply in replies))
+    assert [r.document_id for r in results] == ["alpha", "beta", "gamma"]
+    assert all(r.status.value == "OK" for r in results)
+    assert results[1].text == "beta p1 64x32"
+
+
+async def test_events_stream_each_page_then_end_with_the_result(
+    settings: Settings,
+) -> None:
+    batch = settings.batch.model_copy(update={"publish_progress": True})
+    settings = settings.model_copy(update={"batch": batch})
+    request = OcrRequest(
+        document_id="three-pages",
+        content_type="image/tiff",
+        submitted_at=utc_now(),
+        image=multipage_tiff([(64, 32 + i) for i in range(3)]),
+    )
+    engine = FakeEngine(delay_s=0.1)
+    events: list[PageProgress] = []
+    async with (
+        running_worker(settings, engine),
+        client_for(settings, progress=True) as client,
+    ):
+        reply = await client.submit(request)
+        async with asyncio.timeout(60):
+            async for event in reply.events():
+                events.append(event)
+        assert reply.done()
+        result = await reply.result(0)
+    assert result.status.value == "OK" and result.page_count == 3
+    assert sorted(e.page_number for e in events) == [1, 2, 3]
+    assert {(e.document_id, e.page_count) for e in events} == {("three-pages", 3)}
+    assert {e.text for e in events} == {p.text for p in result.pages}
+
+
+async def test_events_need_a_client_that_reads_progress(settings: Settings) -> None:
+    async with client_for(settings) as client:
+        reply = await client.submit(png_request("alpha"))
+        with pytest.raises(ValueError, match="progress=True"):
+            await anext(reply.events())
+
+
+async def test_a_timeout_names_the_document_and_leaves_the_reply_pending(
+    settings: Settings,
+) -> None:
+    async with client_for(settings) as client:
+        reply = await client.submit(png_request("late"))
+        with pytest.raises(ReplyTimeoutError, match="'late'") as timed_out:
+            await reply.result(0.2)
+        assert isinstance(timed_out.value, TimeoutError)
+        assert not reply.done()
+        await run_burst(settings, FakeEngine())  # the worker comes up after all
+        result = await reply.result(30)
+    assert result.document_id == "late" and result.status.value == "OK"
+
+
+async def test_killing_the_reader_fails_every_pending_reply_at_once(
+    settings: Settings,
+) -> None:
+    async with client_for(settings) as client:
+        replies = [await client.submit(png_request(f"doc-{i}")) for i in range(3)]
+        started = time.monotonic()
+        reader_task().cancel()
+        outcomes = await asyncio.gather(
+            *(reply.result(30) for reply in replies), return_exceptions=True
+        )
+        assert time.monotonic() - started < 1
+        assert all(isinstance(o, ReplyReaderError) for o in outcomes), outcomes
+        assert "'doc-1'" in str(outcomes[1]) and "reader" in str(outcomes[1])
+        with pytest.raises(ReplyReaderError):  # later submits fail fast
+            await client.submit(png_request("after"))
+
+
+async def test_a_reader_whose_consumer_stops_fails_its_replies_with_the_cause(
+    settings: Settings,
+) -> None:
+    kafka = settings.kafka
+    consumer = build_waiter_consumer(kafka.client_kwargs(), 1024 * 1024)
+    reader = ReplyReader(consumer, kafka.result_topic)
+    await reader.start()
+    try:
+        replies = [reader.expect(f"doc-{i}") for i in range(3)]
+        await consumer.stop()  # underneath the reader, as a broken client would
+        for reply in replies:
+            with pytest.raises(ReplyReaderError) as failed:
+                await reply.result(10)
+            assert isinstance(failed.value.__cause__, ConsumerStoppedError)
+        assert reader.pending() == 0
+    finally:
+        await reader.stop()
+
+
+async def test_an_id_submitted_twice_gets_the_first_result_on_both_replies(
+    settings: Settings,
+) -> None:
+    async with client_for(settings) as client:
+        first = await client.submit(png_request("twice"))
+        second = await client.submit(png_request("twice"))
+        await run_burst(settings, FakeEngine())
+        one, other = await asyncio.gather(first.result(30), second.result(30))
+    assert one is other and one.document_id == "twice"
+
+
+async def test_cancelled_and_closed_replies_raise_closed(settings: Settings) -> None:
+    async with client_for(settings) as client:
+        cancelled = await client.submit(png_request("cancelled"))
+        left = await client.submit(png_request("left"))
+        cancelled.cancel()
+        with pytest.raises(ReplyClosedError, match="'cancelled'"):
+            await cancelled.result(1)
+    with pytest.raises(ReplyClosedError, match=r"'left'.*closed"):
+        await left.result(1)
+
+
+async def test_publish_alone_starts_no_reader(settings: Settings) -> None:
+    async with client_for(settings) as client:
+        await (await client.publish(png_request("fire-and-forget")))
+        assert not [t for t in asyncio.all_tasks() if t.get_name() == READER_TASK_NAME]
+
+
+def scan_files(folder: Path, *names: str) -> list[Path]:
+    scans = []
+    for name in names:
+        scan = folder / f"{name}.png"
+        scan.write_bytes(png_request(name).image or b"")
+        scans.append(scan)
+    return scans
+
+
+async def test_publish_wait_prints_each_result_and_exits_0(
+    settings: Settings, tmp_path: Path
+) -> None:
+    scans = scan_files(tmp_path, "alpha", "beta")
+    out = io.StringIO()
+    options = PublishOptions(wait=True, timeout_s=60)
+    async with running_worker(settings, FakeEngine()), client_for(settings) as client:
+        status = await publish_command(scans, client, options, out=out)
+    assert status == 0
+    assert "== alpha: OK (1 pages" in out.getvalue()
+    assert "== beta: OK (1 pages" in out.getvalue()
+
+
+async def test_publish_wait_exits_2_when_results_are_missing(
+    settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scans = scan_files(tmp_path, "alpha")
+    options = PublishOptions(wait=True, timeout_s=0.5)
+    async with client_for(settings) as client:
+        status = await publish_command(scans, client, options, out=io.StringIO())
+    assert status == 2
+    assert "timed out waiting for 1 results: ['alpha']" in capsys.readouterr().err
+
+
+async def test_publish_wait_stops_at_once_when_the_reader_dies(
+    settings: Settings, tmp_path: Path
+) -> None:
+    scans = scan_files(tmp_path, "alpha", "beta")
+    options = PublishOptions(wait=True, timeout_s=600)
+    async with client_for(settings) as client:
+        waiting = asyncio.create_task(
+            publish_command(scans, client, options, out=io.StringIO())
+        )
+        # The reader starts with the first submit; nothing signals it but its task.
+        while not [t for t in asyncio.all_tasks() if t.get_name() == READER_TASK_NAME]:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # both published, both waiting
+        reader_task().cancel()
+        with pytest.raises(ReplyReaderError):
+            await asyncio.wait_for(waiting, 5)
