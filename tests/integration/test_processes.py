@@ -47,12 +47,15 @@ async def wait_for_results(settings: Settings, count: int, timeout_s: float) -> 
 async def interrupt_after_first_result(
     settings: Settings, name: str, sig: signal.Signals, expect_exit: int | None = None
 ) -> None:
-    """Start a worker, send ``sig`` once it has published a result; with
+    """Start a worker, send ``sig`` once it has published a result while it still holds
+    records in flight (checked on its sidecar, so the signal lands mid-work); with
     ``expect_exit``, its exit status must be that (the worker's log says why not)."""
     worker = WorkerProcess(settings, name)
     try:
         worker.wait_ready()
         assert await wait_for_results(settings, 1, 120) >= 1
+        in_flight = worker.get("/health").json()["active_requests"]
+        assert in_flight > 0, "the signal would not land mid-work"
         worker.signal(sig)
         status = worker.wait(120)
         if expect_exit is not None:
@@ -79,7 +82,12 @@ async def test_kill_9_mid_batch_then_restart_loses_nothing(settings: Settings) -
     assert set(counts) == set(ids)
     duplicates = sum(n - 1 for n in counts.values())
     print(f"kill -9: {len(ids)} documents, {duplicates} duplicate results")
-    assert all(r.status.value == "OK" for r in outputs.results)
+    failed = [
+        (r.document_id, r.error_code, r.error_message)
+        for r in outputs.results
+        if r.status.value != "OK"
+    ]
+    assert not failed, failed
 
 
 async def test_sigterm_drains_commits_and_exits_zero(settings: Settings) -> None:

@@ -3,13 +3,16 @@
 CER: both texts are NFC-normalised, every whitespace run becomes one space and the ends
 are stripped; the page CER is the Levenshtein distance on code points divided by the
 reference length, and a group's CER is the micro-average (sum of distances / sum of
-reference lengths). The data set lives in ``../shared/data/docs-public`` next to the
-repository; without it the repository's own samples (same manifest format) stand in.
+reference lengths). Which data set a test scores is explicit (``data_set()``): the folder
+``MEDOCR_DATA`` names (it must hold a manifest), else ``../shared/data/docs-public`` next to
+the repository when present, else the repository's own samples (same manifest format);
+tests print the name of the one they used.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +32,10 @@ SAMPLES_DIR = REPO_ROOT / "producers" / "samples"
 __all__ = [
     "PUBLIC_DATA_DIR",
     "SAMPLES_DIR",
+    "DataSet",
     "DocumentCase",
     "PageScore",
+    "data_set",
     "levenshtein",
     "load_manifest",
     "micro_cer",
@@ -81,7 +86,24 @@ def load_manifest(data_dir: Path | None = None) -> list[DocumentCase]:
     return cases
 
 
-def default_data_dir() -> Path:
+@dataclass(frozen=True)
+class DataSet:
+    name: str
+    folder: Path
+
+
+def data_set() -> DataSet:
+    """The data set the tests score: ``MEDOCR_DATA``, else docs-public, else samples."""
+    chosen = os.environ.get("MEDOCR_DATA")
+    if chosen:
+        folder = Path(chosen)
+        if not (folder / "manifest.jsonl").is_file():
+            raise FileNotFoundError(f"MEDOCR_DATA={chosen} holds no manifest.jsonl")
+        return DataSet(f"MEDOCR_DATA={chosen}", folder)
     if (PUBLIC_DATA_DIR / "manifest.jsonl").is_file():
-        return PUBLIC_DATA_DIR
-    return SAMPLES_DIR
+        return DataSet("docs-public", PUBLIC_DATA_DIR)
+    return DataSet("the bundled samples (no ../shared/data/docs-public)", SAMPLES_DIR)
+
+
+def default_data_dir() -> Path:
+    return data_set().folder
