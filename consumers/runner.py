@@ -6,7 +6,6 @@ import asyncio
 import logging
 import os
 import socket
-from typing import Literal
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -16,8 +15,6 @@ from consumers.budget import PageBudget
 from consumers.documents import DocumentRecognizer, PageCallback, RecognizerOptions
 from consumers.engines import OcrEngine, build_engine
 from consumers.errors import ConfigurationError
-from consumers.images import ImageLimits
-from consumers.intake import RequestLimits
 from consumers.metrics import WorkerMetrics
 from consumers.outcomes import OutcomeBuilder
 from consumers.retry import RetryPolicy
@@ -26,10 +23,10 @@ from consumers.sidecar import SidecarServer, build_sidecar
 from consumers.state import WorkerState
 from consumers.worker import LoopOptions, OcrWorker
 from producers.kafka import (
+    OFFSET_RESET,
     ProducerOptions,
     build_producer,
-    fetch_bytes_for,
-    fetch_options,
+    build_worker_consumer,
     max_record_bytes,
 )
 from producers.results import ResultPublisher
@@ -38,42 +35,15 @@ from schemas.records import PageProgress, utc_now
 
 log = logging.getLogger(__name__)
 
-# Where a partition without a committed offset starts; also where the worker restarts a
-# partition whose log was lost under it: the beginning, so no request goes unanswered.
-OFFSET_RESET: Literal["earliest", "latest"] = "earliest"
-
-
-def image_limits(settings: Settings) -> ImageLimits:
-    limits = settings.limits
-    return ImageLimits(
-        max_document_bytes=limits.max_document_bytes,
-        max_pages=limits.max_pages,
-        max_pixels=limits.max_pixels,
-        max_side_px=limits.max_side_px,
-        max_document_pixels=limits.max_document_pixels,
-    )
-
-
-def request_limits(settings: Settings) -> RequestLimits:
-    limits = settings.limits
-    return RequestLimits(
-        max_id_chars=limits.max_id_chars,
-        max_attributes=limits.max_attributes,
-        max_attributes_bytes=limits.max_attributes_bytes,
-        max_prompt_bytes=limits.max_prompt_bytes,
-    )
-
 
 def producer_options(settings: Settings) -> ProducerOptions:
-    return ProducerOptions(
-        enable_idempotence=settings.kafka.enable_idempotence,
-        max_document_bytes=settings.limits.max_document_bytes,
-    )
+    """Kept for callers not yet moved to ``Settings.producer_options()``."""
+    return settings.producer_options()
 
 
 async def start_producer(settings: Settings) -> AIOKafkaProducer:
     producer = build_producer(
-        settings.kafka.client_kwargs(), producer_options(settings)
+        settings.kafka.client_kwargs(), settings.producer_options()
     )
     try:
         await producer.start()
@@ -92,17 +62,12 @@ async def start_producer(settings: Settings) -> AIOKafkaProducer:
 
 
 def build_consumer(settings: Settings) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(
-        **settings.kafka.client_kwargs(),
-        group_id=settings.kafka.consumer_group,
-        enable_auto_commit=False,
-        auto_offset_reset=OFFSET_RESET,
-        **fetch_options(settings.limits.max_document_bytes),
-        fetch_max_bytes=max(
-            52_428_800, fetch_bytes_for(settings.limits.max_document_bytes)
-        ),
-        # a whole batch of slow pages may sit between two fetches
-        max_poll_interval_ms=600_000,
+    kafka = settings.kafka
+    return build_worker_consumer(
+        kafka.client_kwargs(),
+        group_id=kafka.consumer_group,
+        max_document_bytes=settings.limits.max_document_bytes,
+        fetch_max_wait_ms=kafka.fetch_max_wait_ms,
     )
 
 
@@ -161,12 +126,12 @@ async def _consume(
         engine,
         metrics,
         RecognizerOptions(
-            limits=image_limits(settings),
+            limits=limits.image_limits(),
             uri_roots=limits.uri_roots(),
             default_prompt=settings.prompt,
             default_max_tokens=settings.vllm.default_max_tokens,
             retry=retry,
-            request_limits=request_limits(settings),
+            request_limits=limits.request_limits(),
             uri_read_timeout_s=limits.uri_read_timeout_s,
             decode_timeout_s=limits.decode_timeout_s,
         ),

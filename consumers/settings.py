@@ -1,34 +1,64 @@
 """Configuration: one frozen object, read from the environment once at the entry point.
 
-Nothing below ``consumers.cli`` reads ``os.environ``; constructors take the values they
-need. Every environment name is listed in the README's configuration table, and the
+``Settings`` is the only ``BaseSettings``: it reads each field's documented environment
+name (flat, un-prefixed: ``KAFKA_BOOTSTRAP_SERVERS``, ``OCR_MAX_PAGES``, ...) into its
+groups, which are plain frozen models, so a group built in a test
+(``VllmSettings(max_pixels=...)``) never sees the environment. Nothing below
+``consumers.cli`` reads ``os.environ``; constructors take the values they need, and
+each group says what it becomes (``image_limits()``, ``topics()``, ...).
+
+A default lives with the code that uses it (the limits of an image in
+``consumers.images``, of a request in ``consumers.intake``, the document cap and topic
+names in ``producers.kafka``); a setting names the environment variable that overrides
+it. Every environment name is listed in the README's configuration table, and the
 deploy files may only set names that appear here (a test checks both).
 """
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
-if TYPE_CHECKING:
-    from producers.kafka import Topics
+from consumers.images import ImageLimits
+from consumers.intake import RequestLimits
+from producers.kafka import (
+    FETCH_MAX_WAIT_MS,
+    MAX_DOCUMENT_BYTES,
+    ProducerOptions,
+    Topics,
+)
 
 DEFAULT_PROMPT = "이 의료 문서의 모든 텍스트를 정확하게 추출하라."
+
+_TOPICS = Topics()
+_IMAGES = ImageLimits()
+_REQUESTS = RequestLimits()
 
 
 def _env(name: str) -> AliasChoices:
     return AliasChoices(name)
 
 
-class _Group(BaseSettings):
-    # case_sensitive: only the documented upper-case names are read, never a bare
-    # field name such as ENGINE or WORKERS that happens to be in the environment.
-    model_config = SettingsConfigDict(
-        frozen=True, extra="ignore", populate_by_name=True, case_sensitive=True
-    )
+class _Group(BaseModel):
+    """A group of settings: plain data; only ``Settings`` reads the environment."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
 
 class KafkaSettings(_Group):
@@ -52,11 +82,18 @@ class KafkaSettings(_Group):
     enable_idempotence: bool = Field(
         True, validation_alias=_env("KAFKA_ENABLE_IDEMPOTENCE")
     )
-    input_topic: str = Field("ocr.requests", validation_alias=_env("OCR_INPUT_TOPIC"))
-    result_topic: str = Field("ocr.results", validation_alias=_env("OCR_RESULT_TOPIC"))
+    # Longest a fetch waits at the broker while there is nothing new; the embedded
+    # broker's callers lower it (producers.kafka.EMBEDDED_BROKER_FETCH_MAX_WAIT_MS).
+    fetch_max_wait_ms: int = Field(
+        FETCH_MAX_WAIT_MS, ge=0, validation_alias=_env("KAFKA_FETCH_MAX_WAIT_MS")
+    )
+    input_topic: str = Field(_TOPICS.requests, validation_alias=_env("OCR_INPUT_TOPIC"))
+    result_topic: str = Field(
+        _TOPICS.results, validation_alias=_env("OCR_RESULT_TOPIC")
+    )
     dlq_topic: str = Field("ocr.requests.dlq", validation_alias=_env("OCR_DLQ_TOPIC"))
     progress_topic: str = Field(
-        "ocr.progress", validation_alias=_env("OCR_PROGRESS_TOPIC")
+        _TOPICS.progress, validation_alias=_env("OCR_PROGRESS_TOPIC")
     )
     consumer_group: str = Field(
         "medocr-workers", validation_alias=_env("OCR_CONSUMER_GROUP")
@@ -65,8 +102,6 @@ class KafkaSettings(_Group):
 
     def topics(self) -> Topics:
         """The request, result and progress topics, as senders and waiters need them."""
-        from producers.kafka import Topics
-
         return Topics(self.input_topic, self.result_topic, self.progress_topic)
 
     def all_topics(self) -> list[str]:
@@ -98,17 +133,23 @@ class KafkaSettings(_Group):
 
 class LimitSettings(_Group):
     max_document_bytes: int = Field(
-        20 * 1024 * 1024, ge=1, validation_alias=_env("OCR_MAX_DOCUMENT_BYTES")
+        MAX_DOCUMENT_BYTES, ge=1, validation_alias=_env("OCR_MAX_DOCUMENT_BYTES")
     )
-    max_pages: int = Field(50, ge=1, validation_alias=_env("OCR_MAX_PAGES"))
+    max_pages: int = Field(
+        _IMAGES.max_pages, ge=1, validation_alias=_env("OCR_MAX_PAGES")
+    )
     max_pixels: int = Field(
-        100_000_000, ge=1, validation_alias=_env("OCR_MAX_PIXELS")
+        _IMAGES.max_pixels, ge=1, validation_alias=_env("OCR_MAX_PIXELS")
     )  # per page, checked from the header before decoding (decompression bombs)
-    max_side_px: int = Field(4096, ge=64, validation_alias=_env("OCR_MAX_SIDE_PX"))
+    max_side_px: int = Field(
+        _IMAGES.max_side_px, ge=64, validation_alias=_env("OCR_MAX_SIDE_PX")
+    )
     # All pages of one document together, from the headers before decoding: 50 A4 pages
     # at 400 dpi fit; a 50-page TIFF of 100-megapixel pages does not.
     max_document_pixels: int = Field(
-        1_000_000_000, ge=1, validation_alias=_env("OCR_MAX_DOCUMENT_PIXELS")
+        _IMAGES.max_document_pixels,
+        ge=1,
+        validation_alias=_env("OCR_MAX_DOCUMENT_PIXELS"),
     )
     # A document whose pages take longer to decode fails (the decode is abandoned).
     decode_timeout_s: float = Field(
@@ -120,14 +161,41 @@ class LimitSettings(_Group):
         10.0, gt=0, validation_alias=_env("OCR_URI_READ_TIMEOUT_S")
     )
     # What a request may carry; more is INVALID_REQUEST before any work is done.
-    max_id_chars: int = Field(256, ge=1, validation_alias=_env("OCR_MAX_ID_CHARS"))
-    max_attributes: int = Field(64, ge=0, validation_alias=_env("OCR_MAX_ATTRIBUTES"))
+    max_id_chars: int = Field(
+        _REQUESTS.max_id_chars, ge=1, validation_alias=_env("OCR_MAX_ID_CHARS")
+    )
+    max_attributes: int = Field(
+        _REQUESTS.max_attributes, ge=0, validation_alias=_env("OCR_MAX_ATTRIBUTES")
+    )
     max_attributes_bytes: int = Field(
-        16 * 1024, ge=0, validation_alias=_env("OCR_MAX_ATTRIBUTES_BYTES")
+        _REQUESTS.max_attributes_bytes,
+        ge=0,
+        validation_alias=_env("OCR_MAX_ATTRIBUTES_BYTES"),
     )
     max_prompt_bytes: int = Field(
-        16 * 1024, ge=1, validation_alias=_env("OCR_MAX_PROMPT_BYTES")
+        _REQUESTS.max_prompt_bytes,
+        ge=1,
+        validation_alias=_env("OCR_MAX_PROMPT_BYTES"),
     )
+
+    def image_limits(self) -> ImageLimits:
+        """What a scan may be: checked from its headers, then page by page."""
+        return ImageLimits(
+            max_document_bytes=self.max_document_bytes,
+            max_pages=self.max_pages,
+            max_pixels=self.max_pixels,
+            max_side_px=self.max_side_px,
+            max_document_pixels=self.max_document_pixels,
+        )
+
+    def request_limits(self) -> RequestLimits:
+        """What a request may carry besides its scan."""
+        return RequestLimits(
+            max_id_chars=self.max_id_chars,
+            max_attributes=self.max_attributes,
+            max_attributes_bytes=self.max_attributes_bytes,
+            max_prompt_bytes=self.max_prompt_bytes,
+        )
 
     def uri_roots(self) -> tuple[str, ...]:
         """The allowed folders, blanks stripped and symbolic links resolved."""
@@ -210,8 +278,14 @@ class VllmSettings(_Group):
     quality_retries: int = Field(
         2, ge=0, validation_alias=_env("ENGINE_QUALITY_RETRIES")
     )
+    # max_tokens of a request that carries 0.
     default_max_tokens: int = Field(
         4096, ge=1, validation_alias=_env("ENGINE_DEFAULT_MAX_TOKENS")
+    )
+    # Output tokens a page is assumed to take when the capacity figure is sized from
+    # the KV cache; 0 = default_max_tokens.
+    capacity_max_tokens: int = Field(
+        0, ge=0, validation_alias=_env("ENGINE_CAPACITY_MAX_TOKENS")
     )
     dtype: Literal["auto", "bfloat16", "float16"] = Field(
         "auto", validation_alias=_env("ENGINE_DTYPE")
@@ -223,6 +297,11 @@ class VllmSettings(_Group):
     )
     # Benchmark-only: every page generates exactly max_tokens (EOS is ignored).
     ignore_eos: bool = Field(False, validation_alias=_env("ENGINE_IGNORE_EOS"))
+
+    def capacity_tokens(self) -> int:
+        """The output budget of one page in the capacity figure (before the model
+        length caps it)."""
+        return self.capacity_max_tokens or self.default_max_tokens
 
 
 class SidecarSettings(_Group):
@@ -237,8 +316,14 @@ class SidecarSettings(_Group):
         return None if isinstance(value, str) and not value.strip() else value
 
 
-class Settings(_Group):
+class Settings(BaseSettings):
     """Everything the worker and the CLI read from the environment."""
+
+    # case_sensitive: only the documented upper-case names are read, never a bare
+    # field name such as ENGINE or WORKERS that happens to be in the environment.
+    model_config = SettingsConfigDict(
+        frozen=True, extra="ignore", populate_by_name=True, case_sensitive=True
+    )
 
     engine: Literal["tesseract", "vllm"] = Field(
         "tesseract", validation_alias=_env("OCR_ENGINE")
@@ -252,22 +337,76 @@ class Settings(_Group):
     vllm: VllmSettings = Field(default_factory=VllmSettings)
     sidecar: SidecarSettings = Field(default_factory=SidecarSettings)
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword arguments first, then the documented names; no .env, no secrets
+        folder, no JSON in a variable named after a group."""
+        return (init_settings, _DocumentedNames(settings_cls))
+
+    def producer_options(self) -> ProducerOptions:
+        """The options of every producer: the worker's, ``medocr publish``'s."""
+        return ProducerOptions(
+            enable_idempotence=self.kafka.enable_idempotence,
+            max_document_bytes=self.limits.max_document_bytes,
+        )
+
+
+class _DocumentedNames(PydanticBaseSettingsSource):
+    """The root's fields and each group's fields under their documented names."""
+
+    def __init__(
+        self,
+        settings_cls: type[BaseSettings],
+        environ: Mapping[str, str] = os.environ,
+    ) -> None:
+        super().__init__(settings_cls)
+        self._environ = environ
+
+    def get_field_value(
+        self, field: FieldInfo, field_name: str
+    ) -> tuple[Any, str, bool]:
+        # Unused: __call__ reads whole groups by their fields' names.
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = self._present(self.settings_cls.model_fields)
+        for name, group in _groups():
+            found = self._present(group.model_fields)
+            if found:
+                values[name] = found
+        return values
+
+    def _present(self, fields: Mapping[str, FieldInfo]) -> dict[str, str]:
+        return {
+            name: self._environ[name]
+            for field in fields.values()
+            for name in _names(field)
+            if name in self._environ
+        }
+
+
+def _groups() -> Iterator[tuple[str, type[_Group]]]:
+    for name, field in Settings.model_fields.items():
+        group = field.annotation
+        if isinstance(group, type) and issubclass(group, _Group):
+            yield name, group
+
+
+def _names(field: FieldInfo) -> list[str]:
+    alias = field.validation_alias
+    return [str(c) for c in alias.choices] if isinstance(alias, AliasChoices) else []
+
 
 def env_names() -> set[str]:
     """Every environment variable the settings read (for docs and deploy checks)."""
-    names: set[str] = set()
-    groups: list[type[BaseSettings]] = [
-        Settings,
-        KafkaSettings,
-        LimitSettings,
-        BatchSettings,
-        TesseractSettings,
-        VllmSettings,
-        SidecarSettings,
-    ]
-    for group in groups:
-        for field in group.model_fields.values():
-            alias = field.validation_alias
-            if isinstance(alias, AliasChoices):
-                names.update(str(choice) for choice in alias.choices)
-    return names
+    fields = [*Settings.model_fields.values()]
+    for _, group in _groups():
+        fields.extend(group.model_fields.values())
+    return {name for field in fields for name in _names(field)}

@@ -1,4 +1,4 @@
-"""The one place Kafka client options live (producers, and what consumers fetch)."""
+"""The one place Kafka client options live: producers, the worker's consumer, waiters."""
 
 from __future__ import annotations
 
@@ -7,17 +7,31 @@ import contextlib
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-# Scans are inlined up to the document cap; the envelope adds a few hundred bytes.
+# The largest scan sent inline (OCR_MAX_DOCUMENT_BYTES); the envelope adds a few
+# hundred bytes, ENVELOPE_BYTES leaves room for it.
+MAX_DOCUMENT_BYTES = 20 * 1024 * 1024
 ENVELOPE_BYTES = 1024 * 1024
 
-# Longest a fetch waits at the broker while there is nothing new (aiokafka: 500 ms).
-# Apache Kafka answers a waiting fetch as soon as a record arrives; a broker that wakes
-# waiting fetches on its own schedule (the embedded tansu does) adds up to this much
-# delay before the first record of a burst. An idle consumer asks 10 times a second.
-FETCH_MAX_WAIT_MS = 100
+# Longest a fetch waits at the broker while there is nothing new: Kafka's own default,
+# and Apache Kafka answers a waiting fetch as soon as a record arrives.
+FETCH_MAX_WAIT_MS = 500
+# The embedded tansu broker wakes waiting fetches on its own schedule, which adds up to
+# the whole wait before the first record of a burst: its callers (tests, demo, benches;
+# KAFKA_FETCH_MAX_WAIT_MS=100 by hand) ask 10 times a second instead.
+EMBEDDED_BROKER_FETCH_MAX_WAIT_MS = 100
+
+# Where a partition without a committed offset starts; also where the worker restarts a
+# partition whose log was lost under it: the beginning, so no request goes unanswered.
+OFFSET_RESET: Literal["earliest", "latest"] = "earliest"
+
+# Several records of the largest size fit one fetch (aiokafka's default fetch_max_bytes).
+WORKER_FETCH_MAX_BYTES = 52_428_800
+# A whole batch of slow pages may sit between two polls of the worker.
+WORKER_MAX_POLL_INTERVAL_MS = 600_000
 
 
 @dataclass(frozen=True)
@@ -32,7 +46,7 @@ class Topics:
 @dataclass(frozen=True)
 class ProducerOptions:
     enable_idempotence: bool = True
-    max_document_bytes: int = 20 * 1024 * 1024
+    max_document_bytes: int = MAX_DOCUMENT_BYTES
     linger_ms: int = 5
 
 
@@ -60,22 +74,49 @@ def fetch_bytes_for(max_document_bytes: int) -> int:
     return max_document_bytes + ENVELOPE_BYTES
 
 
-def fetch_options(max_document_bytes: int) -> dict[str, object]:
-    """What every consumer of medocr topics fetches: any one record, without delay."""
+def fetch_options(
+    max_document_bytes: int, fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS
+) -> dict[str, object]:
+    """What every consumer of medocr topics fetches: any one record, waiting at the
+    broker at most ``fetch_max_wait_ms`` (KAFKA_FETCH_MAX_WAIT_MS) while there is none."""
     return {
         "max_partition_fetch_bytes": fetch_bytes_for(max_document_bytes),
-        "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
+        "fetch_max_wait_ms": fetch_max_wait_ms,
     }
 
 
+def build_worker_consumer(
+    client_kwargs: Mapping[str, object],
+    *,
+    group_id: str,
+    max_document_bytes: int,
+    fetch_max_wait_ms: int,
+) -> AIOKafkaConsumer:
+    """The worker's consumer: in ``group_id``, committing only what it has finished."""
+    return AIOKafkaConsumer(
+        **client_kwargs,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset=OFFSET_RESET,
+        **fetch_options(max_document_bytes, fetch_max_wait_ms),
+        fetch_max_bytes=max(
+            WORKER_FETCH_MAX_BYTES, fetch_bytes_for(max_document_bytes)
+        ),
+        max_poll_interval_ms=WORKER_MAX_POLL_INTERVAL_MS,
+    )
+
+
 def build_waiter_consumer(
-    client_kwargs: Mapping[str, object], max_document_bytes: int
+    client_kwargs: Mapping[str, object],
+    max_document_bytes: int,
+    *,
+    fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
 ) -> AIOKafkaConsumer:
     """A consumer without a group for a sender reading its answers (``ResultWaiter``)."""
     return AIOKafkaConsumer(
         **client_kwargs,
         enable_auto_commit=False,
-        **fetch_options(max_document_bytes),
+        **fetch_options(max_document_bytes, fetch_max_wait_ms),
     )
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from consumers.broker import EmbeddedBroker, ensure_topics
 from consumers.settings import Settings
+from producers.kafka import EMBEDDED_BROKER_FETCH_MAX_WAIT_MS
 
 
 @functools.cache
@@ -51,13 +52,18 @@ def bootstrap_servers() -> Iterator[str]:
         yield broker.bootstrap_servers
 
 
+def _embedded() -> bool:
+    """Whether ``bootstrap_servers`` is the embedded broker."""
+    return not os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and not _docker_answers()
+
+
 @pytest.fixture(scope="session")
 def idempotence(bootstrap_servers: str) -> bool:
     """Apache Kafka supports idempotent producers; the embedded tansu broker does not."""
     env = os.environ.get("KAFKA_ENABLE_IDEMPOTENCE")
     if env is not None:
         return env.lower() in ("1", "true", "yes")
-    return bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS")) or _docker_answers()
+    return not _embedded()
 
 
 @pytest.fixture
@@ -69,6 +75,11 @@ async def settings(bootstrap_servers: str, idempotence: bool) -> Settings:
         update={
             "bootstrap_servers": bootstrap_servers,
             "enable_idempotence": idempotence,
+            "fetch_max_wait_ms": (
+                EMBEDDED_BROKER_FETCH_MAX_WAIT_MS
+                if _embedded()
+                else base.kafka.fetch_max_wait_ms
+            ),
             "input_topic": f"req-{suffix}",
             "result_topic": f"res-{suffix}",
             "dlq_topic": f"dlq-{suffix}",

@@ -119,7 +119,8 @@ def page_capacity(
     ``kv_cache_tokens`` is ``num_gpu_blocks * block_size`` as vLLM allocated it after
     profiling (GPU memory x utilisation - weights - activations). A page's sequence is
     at most ``visual(max_pixels) + text prompt + max_tokens`` long (max_tokens =
-    ENGINE_DEFAULT_MAX_TOKENS capped by MAX_MODEL_LEN), so ``kv_pages`` pages can never
+    ENGINE_CAPACITY_MAX_TOKENS, by default ENGINE_DEFAULT_MAX_TOKENS, capped by
+    MAX_MODEL_LEN), so ``kv_pages`` pages can never
     be preempted for lack of cache; the scheduler runs at most ``MAX_NUM_SEQS`` of
     them: ``running = min(MAX_NUM_SEQS, kv_pages)``.
 
@@ -134,7 +135,7 @@ def page_capacity(
     """
     prompt_tokens = max_visual_tokens(settings.max_pixels) + max(0, text_prompt_tokens)
     output_tokens = max(
-        1, min(settings.default_max_tokens, settings.max_model_len - prompt_tokens)
+        1, min(settings.capacity_tokens(), settings.max_model_len - prompt_tokens)
     )
     tokens_per_page = prompt_tokens + output_tokens
     kv_pages = max(0, kv_cache_tokens) // tokens_per_page

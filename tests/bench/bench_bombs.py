@@ -37,6 +37,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from consumers.broker import EmbeddedBroker, ensure_topics
 from consumers.settings import Settings
+from producers.kafka import EMBEDDED_BROKER_FETCH_MAX_WAIT_MS
 from schemas import DeadLetter, OcrResult
 from tests.support.poison import MiB, Poison, bomb_poisons, slow_decode
 from tests.support.workers import WorkerProcess
@@ -55,6 +56,7 @@ def test_settings(bootstrap_servers: str, partitions: int) -> Settings:
         update={
             "bootstrap_servers": bootstrap_servers,
             "enable_idempotence": False,  # the embedded broker has no idempotence
+            "fetch_max_wait_ms": EMBEDDED_BROKER_FETCH_MAX_WAIT_MS,
             "input_topic": f"req-{suffix}",
             "result_topic": f"res-{suffix}",
             "dlq_topic": f"dlq-{suffix}",

@@ -25,6 +25,7 @@ import yaml
 
 from consumers.broker import free_port
 from consumers.demo import sample_scans
+from producers.kafka import EMBEDDED_BROKER_FETCH_MAX_WAIT_MS
 from tests.deploy.tools import DEPLOY, REPO
 
 pytestmark = [pytest.mark.deploy, pytest.mark.tesseract]
@@ -118,6 +119,7 @@ def test_prometheus_scrapes_pipeline_metrics_from_a_running_worker(
         KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{broker_port}",
         # The embedded broker has no idempotent producer.
         KAFKA_ENABLE_IDEMPOTENCE="false",
+        KAFKA_FETCH_MAX_WAIT_MS=str(EMBEDDED_BROKER_FETCH_MAX_WAIT_MS),
         OCR_ENGINE="tesseract",
         OCR_TOPIC_PARTITIONS="2",
         OCR_BATCH_MAX_WAIT_MS="100",

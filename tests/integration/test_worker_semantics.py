@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from consumers.runner import producer_options, run_worker
+from consumers.runner import run_worker
 from consumers.settings import Settings
 from producers.client import OcrClient
 from schemas import OcrRequest
@@ -19,22 +17,9 @@ from tests.support.engines import FakeEngine
 from tests.support.kafka import publish_raw, publish_requests, read_outputs
 from tests.support.records import png_request
 from tests.support.scans import multipage_tiff
-from tests.support.workers import run_burst
+from tests.support.workers import run_burst, running_worker
 
 pytestmark = pytest.mark.integration
-
-
-@asynccontextmanager
-async def running_worker(
-    settings: Settings, engine: FakeEngine
-) -> AsyncIterator[asyncio.Event]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(run_worker(settings, stop, engine=engine))
-    try:
-        yield stop
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
 
 
 async def committed(settings: Settings, tp: TopicPartition) -> int | None:
@@ -149,7 +134,7 @@ async def test_python_client_awaits_each_result(
     topics = kafka.topics()
     async with (
         running_worker(settings, engine),
-        OcrClient(kafka.client_kwargs(), topics, producer_options(settings)) as client,
+        OcrClient(kafka.client_kwargs(), topics, settings.producer_options()) as client,
     ):
         results = await asyncio.gather(
             *(client.recognize(scan, timeout_s=60) for scan in scans)

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from consumers.runner import producer_options
 from consumers.settings import Settings
 from producers.kafka import build_producer
 from schemas import DeadLetter, OcrRequest, OcrResult
@@ -20,7 +19,7 @@ async def publish_raw(
     partition: int | None = None,
 ) -> None:
     producer: AIOKafkaProducer = build_producer(
-        settings.kafka.client_kwargs(), producer_options(settings)
+        settings.kafka.client_kwargs(), settings.producer_options()
     )
     await producer.start()
     try:

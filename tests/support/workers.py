@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -19,6 +21,20 @@ from consumers.runner import run_worker
 from consumers.settings import Settings
 
 LOGS = Path(os.environ.get("MEDOCR_TEST_LOGS", "/tmp/medocr-test-logs"))
+
+
+@asynccontextmanager
+async def running_worker(
+    settings: Settings, engine: OcrEngine
+) -> AsyncIterator[asyncio.Event]:
+    """An in-process worker until the block ends (or the event it yields is set)."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_worker(settings, stop, engine=engine))
+    try:
+        yield stop
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
 
 
 async def run_burst(
@@ -36,6 +52,7 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     env.update(
         KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap_servers,
         KAFKA_ENABLE_IDEMPOTENCE=str(kafka.enable_idempotence).lower(),
+        KAFKA_FETCH_MAX_WAIT_MS=str(kafka.fetch_max_wait_ms),
         OCR_INPUT_TOPIC=kafka.input_topic,
         OCR_RESULT_TOPIC=kafka.result_topic,
         OCR_DLQ_TOPIC=kafka.dlq_topic,

@@ -7,7 +7,23 @@ import ssl
 import pytest
 from pydantic import ValidationError
 
-from consumers.settings import DEFAULT_PROMPT, Settings, env_names
+from consumers.images import ImageLimits
+from consumers.intake import RequestLimits
+from consumers.runner import build_consumer
+from consumers.settings import (
+    DEFAULT_PROMPT,
+    KafkaSettings,
+    LimitSettings,
+    Settings,
+    VllmSettings,
+    env_names,
+)
+from producers.kafka import (
+    EMBEDDED_BROKER_FETCH_MAX_WAIT_MS,
+    ProducerOptions,
+    Topics,
+    fetch_options,
+)
 
 PASSWORD = "s3cret-pw"  # noqa: S105 - a test value, not a credential
 
@@ -29,6 +45,7 @@ DEFAULTS = [
     ("kafka.result_topic", "ocr.results"),
     ("kafka.dlq_topic", "ocr.requests.dlq"),
     ("kafka.consumer_group", "medocr-workers"),
+    ("kafka.fetch_max_wait_ms", 500),
     ("limits.max_document_bytes", 20 * 1024 * 1024),
     ("limits.max_side_px", 4096),
     ("vllm.model_name", "Qwen/Qwen2.5-VL-7B-Instruct"),
@@ -36,6 +53,8 @@ DEFAULTS = [
     ("vllm.gpu_memory_util", 0.90),
     ("vllm.max_model_len", 8192),
     ("vllm.max_num_seqs", 32),
+    ("vllm.default_max_tokens", 4096),
+    ("vllm.capacity_max_tokens", 0),
     ("sidecar.host", "0.0.0.0"),
     ("sidecar.port", 8000),
     ("sidecar.api_key", None),
@@ -65,6 +84,7 @@ ENV = [
     ("KAFKA_SASL_USERNAME", "ocr", "kafka.sasl_username", None),
     ("KAFKA_SSL_CAFILE", "/etc/ca.pem", "kafka.ssl_cafile", None),
     ("KAFKA_ENABLE_IDEMPOTENCE", "false", "kafka.enable_idempotence", False),
+    ("KAFKA_FETCH_MAX_WAIT_MS", "100", "kafka.fetch_max_wait_ms", 100),
     ("OCR_INPUT_TOPIC", "in", "kafka.input_topic", None),
     ("OCR_RESULT_TOPIC", "out", "kafka.result_topic", None),
     ("OCR_DLQ_TOPIC", "dead", "kafka.dlq_topic", None),
@@ -79,6 +99,8 @@ ENV = [
     ("GPU_MEMORY_UTIL", "0.5", "vllm.gpu_memory_util", 0.5),
     ("MAX_MODEL_LEN", "4096", "vllm.max_model_len", 4096),
     ("MAX_NUM_SEQS", "8", "vllm.max_num_seqs", 8),
+    ("ENGINE_DEFAULT_MAX_TOKENS", "256", "vllm.default_max_tokens", 256),
+    ("ENGINE_CAPACITY_MAX_TOKENS", "1024", "vllm.capacity_max_tokens", 1024),
     ("HOST", "127.0.0.1", "sidecar.host", None),
     ("PORT", "9000", "sidecar.port", 9000),
     ("TESSERACT_LANG", "eng", "tesseract.languages", None),
@@ -234,3 +256,115 @@ def test_a_blank_api_key_is_no_key() -> None:
     assert SidecarSettings(api_key="  ").api_key is None
     key = SidecarSettings(api_key="k").api_key
     assert key is not None and key.get_secret_value() == "k"
+
+
+ENGINE_AND_LIMITS = {
+    "ENGINE_DEFAULT_MAX_TOKENS": "256",
+    "ENGINE_MAX_PIXELS": "200704",
+    "OCR_MAX_PAGES": "3",
+    "OCR_MAX_DOCUMENT_BYTES": "1000",
+    "OCR_INPUT_TOPIC": "elsewhere",
+}
+
+
+def test_groups_built_in_tests_do_not_read_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only ``Settings`` reads the environment; a group is plain data."""
+    for name, raw in ENGINE_AND_LIMITS.items():
+        monkeypatch.setenv(name, raw)
+    assert VllmSettings().default_max_tokens == 4096
+    assert VllmSettings(min_pixels=4).max_pixels == 1280 * 28 * 28
+    assert LimitSettings().max_pages == 50
+    assert LimitSettings().max_document_bytes == 20 * 1024 * 1024
+    assert KafkaSettings().input_topic == "ocr.requests"
+    settings = Settings()
+    assert settings.vllm.default_max_tokens == 256
+    assert settings.vllm.max_pixels == 200704
+    assert settings.limits.max_pages == 3
+    assert settings.limits.max_document_bytes == 1000
+    assert settings.kafka.input_topic == "elsewhere"
+
+
+def test_a_group_is_read_by_its_documented_names_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("max_pages", "3")
+    monkeypatch.setenv("limits", '{"max_pages": 3}')
+    assert Settings().limits.max_pages == 50
+
+
+def test_keyword_arguments_win_over_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OCR_INPUT_TOPIC", "from-env")
+    monkeypatch.setenv("OCR_ENGINE", "vllm")
+    settings = Settings(engine="tesseract", kafka=KafkaSettings(input_topic="given"))
+    assert settings.engine == "tesseract"
+    assert settings.kafka.input_topic == "given"
+
+
+def test_defaults_are_those_of_the_code_that_uses_them() -> None:
+    """One default per value: the settings take theirs from the options they build."""
+    settings = Settings()
+    assert settings.limits.image_limits() == ImageLimits()
+    assert settings.limits.request_limits() == RequestLimits()
+    assert settings.producer_options() == ProducerOptions()
+    assert settings.kafka.topics() == Topics()
+
+
+def test_limits_and_producer_options_follow_the_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OCR_MAX_DOCUMENT_BYTES", "1000")
+    monkeypatch.setenv("OCR_MAX_PIXELS", "5000")
+    monkeypatch.setenv("OCR_MAX_PROMPT_BYTES", "7")
+    monkeypatch.setenv("KAFKA_ENABLE_IDEMPOTENCE", "false")
+    settings = Settings()
+    assert settings.limits.image_limits().max_document_bytes == 1000
+    assert settings.limits.image_limits().max_pixels == 5000
+    assert settings.limits.request_limits().max_prompt_bytes == 7
+    assert settings.producer_options() == ProducerOptions(
+        enable_idempotence=False, max_document_bytes=1000
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "tokens"),
+    [
+        ({}, 4096),
+        ({"default_max_tokens": 256}, 256),
+        ({"default_max_tokens": 256, "capacity_max_tokens": 1024}, 1024),
+    ],
+)
+def test_capacity_tokens_follow_the_request_default_unless_set(
+    overrides: dict[str, int], tokens: int
+) -> None:
+    assert VllmSettings.model_validate(overrides).capacity_tokens() == tokens
+
+
+def test_consumers_fetch_any_one_record_and_wait_as_told() -> None:
+    assert fetch_options(1000) == {
+        "max_partition_fetch_bytes": 1000 + 1024 * 1024,
+        "fetch_max_wait_ms": 500,  # Kafka's default, not the embedded broker's 100
+    }
+    assert fetch_options(1000, EMBEDDED_BROKER_FETCH_MAX_WAIT_MS) == {
+        "max_partition_fetch_bytes": 1000 + 1024 * 1024,
+        "fetch_max_wait_ms": 100,
+    }
+
+
+async def test_the_workers_consumer_is_built_from_the_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KAFKA_FETCH_MAX_WAIT_MS", "100")
+    monkeypatch.setenv("OCR_CONSUMER_GROUP", "grp")
+    consumer = build_consumer(Settings())
+    try:
+        # aiokafka keeps its options private; these are the ones medocr sets
+        assert consumer._fetch_max_wait_ms == 100
+        assert consumer._group_id == "grp"
+        assert consumer._enable_auto_commit is False
+        assert consumer._max_poll_interval_ms == 600_000
+    finally:
+        await consumer.stop()

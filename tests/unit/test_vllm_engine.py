@@ -401,6 +401,16 @@ def test_capacity_output_budget_follows_the_default_max_tokens() -> None:
     assert short.kv_pages == 200_000 // 1576
 
 
+def test_capacity_output_budget_is_its_own_setting_when_given() -> None:
+    """ENGINE_CAPACITY_MAX_TOKENS sizes C; requests that carry 0 still get the default."""
+    figure = page_capacity(
+        settings(ENGINE_DEFAULT_MAX_TOKENS=4096, ENGINE_CAPACITY_MAX_TOKENS=256),
+        200_000,
+        TEXT_TOKENS,
+    )
+    assert figure.tokens_per_page == 1280 + 40 + 256
+
+
 def test_capacity_is_the_engines_not_one_gpus_share_under_tensor_parallel() -> None:
     # vLLM reports the KV cache of the whole TP group (heads are split, blocks are
     # shared): the same token count must give the same figure at TP=1 and TP=2.
