@@ -12,11 +12,11 @@ import httpx
 import pytest
 
 from consumers.broker import free_port
-from consumers.runner import run_worker
 from consumers.settings import Settings
 from tests.support.engines import FakeEngine
 from tests.support.kafka import publish_requests, read_outputs
 from tests.support.records import png_request
+from tests.support.workers import running_worker
 
 pytestmark = pytest.mark.integration
 
@@ -24,19 +24,16 @@ STALL_S = 1.0
 
 
 @asynccontextmanager
-async def running_worker(
+async def sidecar_of_worker(
     settings: Settings, engine: FakeEngine
 ) -> AsyncIterator[httpx.AsyncClient]:
     """An in-process worker and a client for its sidecar."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(run_worker(settings, stop, engine=engine))
     base_url = f"http://127.0.0.1:{settings.sidecar.port}"
-    try:
-        async with httpx.AsyncClient(base_url=base_url, timeout=2) as client:
-            yield client
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
+    async with (
+        running_worker(settings, engine),
+        httpx.AsyncClient(base_url=base_url, timeout=2) as client,
+    ):
+        yield client
 
 
 async def wait_for(
@@ -75,7 +72,7 @@ async def test_a_stuck_page_makes_health_503_until_it_moves(
     engine = FakeEngine(gates={"stuck": gate})
     await publish_requests(settings, [png_request("stuck")])
 
-    async with running_worker(settings, engine) as client:
+    async with sidecar_of_worker(settings, engine) as client:
         stalled = await wait_for(client, "/health", answers(503, "stalled"))
         assert stalled.json()["active_requests"] == 1
         assert stalled.json()["idle_s"] > STALL_S
