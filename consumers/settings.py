@@ -8,7 +8,7 @@ groups, which are plain frozen models, so a group built in a test
 each group says what it becomes (``image_limits()``, ``topics()``, ...).
 
 A default lives with the code that uses it (the limits of an image in
-``consumers.images``, of a request in ``consumers.intake``, the document cap and topic
+``consumers.inputs``, of a request in ``consumers.intake``, the document cap and topic
 names in ``producers.kafka``); a setting names the environment variable that overrides
 it. Every environment name is listed in the README's configuration table, and the
 deploy files may only set names that appear here (a test checks both).
@@ -35,7 +35,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from consumers.images import ImageLimits
+from consumers.inputs import ImageLimits
 from consumers.intake import RequestLimits
 from producers.kafka import (
     FETCH_MAX_WAIT_MS,

@@ -53,11 +53,12 @@ from typing import Any, TextIO
 
 from consumers.broker import free_port
 from consumers.settings import DEFAULT_PROMPT, KafkaSettings, VllmSettings
+from producers.kafka import EMBEDDED_BROKER_FETCH_MAX_WAIT_MS
 from tests.gpu.doc_pages import write_pages
 from tests.gpu.sampler import Sampler
 
 RESULTS = Path(__file__).parent / "results"
-RESULT_TOPIC = str(KafkaSettings.model_fields["result_topic"].default)  # the worker's
+RESULT_TOPIC = KafkaSettings().result_topic  # the worker's default
 
 
 def log(*parts: object) -> None:
@@ -263,6 +264,7 @@ class Pipeline:
             **os.environ,
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "KAFKA_ENABLE_IDEMPOTENCE": "false",
+            "KAFKA_FETCH_MAX_WAIT_MS": str(EMBEDDED_BROKER_FETCH_MAX_WAIT_MS),
         }
         self.procs: list[subprocess.Popen[bytes]] = []
         self.publisher_pid: int | None = None

@@ -7,7 +7,7 @@ import ssl
 import pytest
 from pydantic import ValidationError
 
-from consumers.images import ImageLimits
+from consumers.inputs import ImageLimits
 from consumers.intake import RequestLimits
 from consumers.runner import build_consumer
 from consumers.settings import (
