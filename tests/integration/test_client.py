@@ -236,3 +236,35 @@ async def test_publish_wait_stops_at_once_when_the_reader_dies(
         reader_task().cancel()
         with pytest.raises(ReplyReaderError):
             await asyncio.wait_for(waiting, 5)
+
+
+async def test_publish_wait_progress_prints_pages_before_their_result(
+    settings: Settings, tmp_path: Path
+) -> None:
+    batch = settings.batch.model_copy(update={"publish_progress": True})
+    settings = settings.model_copy(update={"batch": batch})
+    scan = tmp_path / "three-pages.tif"
+    scan.write_bytes(multipage_tiff([(64, 32 + i) for i in range(3)]))
+    out = io.StringIO()
+    options = PublishOptions(wait=True, timeout_s=60, show_progress=True)
+    async with (
+        running_worker(settings, FakeEngine(delay_s=0.1)),
+        client_for(settings, progress=True) as client,
+    ):
+        status = await publish_command([scan], client, options, out=out)
+    lines = out.getvalue().splitlines()
+    assert status == 0
+    assert sorted(lines[:3]) == [
+        f"… three-pages page {n}/3 OK: three-pages p{n} 64x{31 + n}" for n in (1, 2, 3)
+    ]
+    assert lines[3].startswith("== three-pages: OK (3 pages")
+
+
+async def test_publish_without_wait_is_fire_and_forget(
+    settings: Settings, tmp_path: Path
+) -> None:
+    scans = scan_files(tmp_path, "alpha", "beta")
+    async with client_for(settings) as client:
+        status = await publish_command(scans, client, PublishOptions())
+        assert not [t for t in asyncio.all_tasks() if t.get_name() == READER_TASK_NAME]
+    assert status == 0
