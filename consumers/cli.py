@@ -20,7 +20,11 @@ from consumers.broker import EmbeddedBroker, default_log_path, ensure_topics
 from consumers.errors import ConfigurationError, FatalError
 from consumers.logs import limit_broker_outage_logs
 from consumers.settings import KafkaSettings, Settings
-from producers.kafka import BrokerCertificateError, verify_broker_tls
+from producers.kafka import (
+    EMBEDDED_BROKER_FETCH_MAX_WAIT_MS,
+    BrokerCertificateError,
+    verify_broker_tls,
+)
 
 log = logging.getLogger("medocr")
 
@@ -124,7 +128,9 @@ async def _broker(args: argparse.Namespace, settings: Settings) -> int:
             f"broker ready on {embedded.bootstrap_servers}\n"
             "it keeps everything in memory: a restart loses every topic, record"
             " and committed offset\n"
-            f"broker log: {embedded.log_path}",
+            f"broker log: {embedded.log_path}\n"
+            "clients: export KAFKA_ENABLE_IDEMPOTENCE=false"
+            f" KAFKA_FETCH_MAX_WAIT_MS={EMBEDDED_BROKER_FETCH_MAX_WAIT_MS}",
             flush=True,
         )
         await _until_signalled()
@@ -144,9 +150,7 @@ async def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _publish(args: argparse.Namespace, settings: Settings) -> int:
-    from consumers.runner import producer_options
     from producers.cli import PublishOptions, publish_command
-    from producers.client import OcrClient
     from producers.publisher import RequestOptions
 
     kafka = settings.kafka
@@ -163,12 +167,7 @@ async def _publish(args: argparse.Namespace, settings: Settings) -> int:
         timeout_s=args.timeout,
         show_progress=args.wait and args.progress,
     )
-    async with OcrClient(
-        kafka.client_kwargs(),
-        kafka.topics(),
-        producer_options(settings),
-        progress=options.show_progress,
-    ) as client:
+    async with settings.client(progress=options.show_progress) as client:
         return await publish_command(args.paths, client, options)
 
 

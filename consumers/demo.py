@@ -15,8 +15,9 @@ from pathlib import Path
 
 from consumers.broker import EmbeddedBroker, ensure_topics, free_port
 from consumers.cer import micro_cer, score_page
-from consumers.runner import producer_options, run_worker
+from consumers.runner import run_worker
 from consumers.settings import Settings
+from producers.kafka import EMBEDDED_BROKER_FETCH_MAX_WAIT_MS
 from producers.publisher import RequestOptions, find_scans
 from schemas import DocumentStatus, OcrResult
 
@@ -48,6 +49,7 @@ def demo_settings(settings: Settings, bootstrap: str) -> Settings:
             "bootstrap_servers": bootstrap,
             "enable_idempotence": False,
             "security_protocol": "PLAINTEXT",
+            "fetch_max_wait_ms": EMBEDDED_BROKER_FETCH_MAX_WAIT_MS,
         }
     )
     sidecar = settings.sidecar.model_copy(
@@ -58,7 +60,6 @@ def demo_settings(settings: Settings, bootstrap: str) -> Settings:
 
 async def run_demo(settings: Settings) -> int:
     from producers.cli import PublishOptions, publish_command
-    from producers.client import OcrClient
 
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         settings = demo_settings(settings, broker.bootstrap_servers)
@@ -84,9 +85,7 @@ async def run_demo(settings: Settings) -> int:
         results: list[OcrResult] = []
         started = time.monotonic()
         try:
-            async with OcrClient(
-                kafka.client_kwargs(), kafka.topics(), producer_options(settings)
-            ) as client:
+            async with settings.client() as client:
                 status = await publish_command(
                     [*scans, corrupt],
                     client,

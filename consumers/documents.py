@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
 
-from PIL import Image
-
 from consumers.budget import PagePlaces
 from consumers.engines import OcrEngine, PageRequest
 from consumers.errors import (
@@ -38,7 +36,7 @@ from consumers.errors import (
     classify,
     error_code,
 )
-from consumers.inputs import DecodedDocument, ImageLimits, open_document
+from consumers.inputs import DecodedDocument, ImageLimits, Page, open_document
 from consumers.intake import RequestLimits, check_request, decode_request, echoable
 from consumers.metrics import WorkerMetrics
 from consumers.outcomes import Msg, Outcome, OutcomeBuilder, page_text, where
@@ -243,9 +241,7 @@ class DocumentRecognizer:
                     width * height, clock, partial(document.page, index)
                 )
                 tasks.append(
-                    asyncio.create_task(
-                        self._page(msg, request, page.number, page.image, count, places)
-                    )
+                    asyncio.create_task(self._page(msg, request, page, count, places))
                 )
                 del page
             return list(await asyncio.gather(*tasks))
@@ -259,19 +255,21 @@ class DocumentRecognizer:
         self,
         msg: Msg,
         request: OcrRequest,
-        number: int,
-        image: Image.Image,
+        decoded: Page,
         count: int,
         places: PagePlaces,
     ) -> PageText:
+        number = decoded.number
         page = PageRequest(
             document_id=request.document_id,
             page_number=number,
-            image=image,
+            image=decoded.image,
             prompt=request.prompt or self._options.default_prompt,
             max_tokens=request.max_tokens or self._options.default_max_tokens,
             temperature=request.temperature,
+            dpi=decoded.dpi,
         )
+        del decoded  # the request holds the image now
         try:
             result = await retry_transient(
                 lambda: self._engine.recognize(page),

@@ -37,7 +37,7 @@ from consumers.errors import (
     ResultTooLargeError,
     error_code,
 )
-from producers.kafka import ProducerOptions, max_record_bytes
+from producers.kafka import MAX_DOCUMENT_BYTES, max_record_bytes
 from producers.results import dead_letter_key, result_key
 from schemas import DeadLetter, DocumentStatus, OcrRequest, OcrResult, PageText
 from schemas.records import FORM_FEED, RecordHeader, utc_now
@@ -46,7 +46,7 @@ from schemas.records import FORM_FEED, RecordHeader, utc_now
 Msg: TypeAlias = ConsumerRecord
 
 # What the worker's producer accepts by default (producers.kafka.build_producer).
-DEFAULT_MAX_RECORD_BYTES = max_record_bytes(ProducerOptions().max_document_bytes)
+DEFAULT_MAX_RECORD_BYTES = max_record_bytes(MAX_DOCUMENT_BYTES)
 # Kafka's framing of one record, which the producer counts against its limit: aiokafka
 # estimates a 61-byte batch header plus at most 21 bytes a record (results and dead
 # letters carry no headers); 1 KiB leaves room for any change there.

@@ -24,7 +24,6 @@ from consumers.state import WorkerState
 from consumers.worker import LoopOptions, OcrWorker
 from producers.kafka import (
     OFFSET_RESET,
-    ProducerOptions,
     build_producer,
     build_worker_consumer,
     max_record_bytes,
@@ -34,11 +33,6 @@ from schemas import OcrRequest, PageText
 from schemas.records import PageProgress, utc_now
 
 log = logging.getLogger(__name__)
-
-
-def producer_options(settings: Settings) -> ProducerOptions:
-    """Kept for callers not yet moved to ``Settings.producer_options()``."""
-    return settings.producer_options()
 
 
 async def start_producer(settings: Settings) -> AIOKafkaProducer:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
     AliasChoices,
@@ -43,6 +43,9 @@ from producers.kafka import (
     ProducerOptions,
     Topics,
 )
+
+if TYPE_CHECKING:
+    from producers.client import OcrClient
 
 DEFAULT_PROMPT = "이 의료 문서의 모든 텍스트를 정확하게 추출하라."
 
@@ -349,6 +352,20 @@ class Settings(BaseSettings):
         """Keyword arguments first, then the documented names; no .env, no secrets
         folder, no JSON in a variable named after a group."""
         return (init_settings, _DocumentedNames(settings_cls))
+
+    def client(self, *, progress: bool = False) -> OcrClient:
+        """An ``OcrClient`` for these brokers, topics and limits (``medocr publish``,
+        the demo, the benches)."""
+        from producers.client import OcrClient
+
+        kafka = self.kafka
+        return OcrClient(
+            kafka.client_kwargs(),
+            kafka.topics(),
+            self.producer_options(),
+            progress=progress,
+            fetch_max_wait_ms=kafka.fetch_max_wait_ms,
+        )
 
     def producer_options(self) -> ProducerOptions:
         """The options of every producer: the worker's, ``medocr publish``'s."""

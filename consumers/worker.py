@@ -30,6 +30,7 @@ from consumers.outcomes import Msg, Outcome, where
 from consumers.retry import RetryPolicy, retry_transient
 from consumers.source import RecordSource
 from consumers.state import WorkerState
+from producers.kafka import OFFSET_RESET
 from producers.results import ResultPublisher
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class LoopOptions:
     max_wait_ms: int = 200
     drain_timeout_s: float = 60.0
     broker_check_timeout_s: float = 5.0
-    offset_reset: Literal["earliest", "latest"] = "earliest"  # the consumer's own
+    offset_reset: Literal["earliest", "latest"] = OFFSET_RESET  # the consumer's own
 
 
 @dataclass

@@ -26,6 +26,7 @@ from types import TracebackType
 from aiokafka.structs import RecordMetadata
 
 from producers.kafka import (
+    FETCH_MAX_WAIT_MS,
     ProducerOptions,
     Topics,
     build_producer,
@@ -44,12 +45,15 @@ class OcrClient:
         producer_options: ProducerOptions | None = None,
         *,
         progress: bool = False,
+        fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
     ) -> None:
-        """``progress``: also read the progress topic, for ``Reply.events()``."""
+        """``progress``: also read the progress topic, for ``Reply.events()``;
+        ``fetch_max_wait_ms``: how long the reader's fetches wait at the broker."""
         self._client_kwargs = client_kwargs
         self._topics = topics
         self._options = producer_options or ProducerOptions()
         self._progress = progress
+        self._fetch_max_wait_ms = fetch_max_wait_ms
         self._producer = build_producer(client_kwargs, self._options)
         self._publisher = ScanPublisher(self._producer, topics.requests)
         self._reader: ReplyReader | None = None
@@ -118,7 +122,9 @@ class OcrClient:
             if self._reader is None:
                 reader = ReplyReader(
                     build_waiter_consumer(
-                        self._client_kwargs, self._options.max_document_bytes
+                        self._client_kwargs,
+                        self._options.max_document_bytes,
+                        fetch_max_wait_ms=self._fetch_max_wait_ms,
                     ),
                     self._topics.results,
                     self._topics.progress if self._progress else None,

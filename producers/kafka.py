@@ -112,7 +112,7 @@ def build_waiter_consumer(
     *,
     fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
 ) -> AIOKafkaConsumer:
-    """A consumer without a group for a sender reading its answers (``ResultWaiter``)."""
+    """A consumer without a group for a sender reading its answers (``ReplyReader``)."""
     return AIOKafkaConsumer(
         **client_kwargs,
         enable_auto_commit=False,

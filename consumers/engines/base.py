@@ -31,6 +31,7 @@ class PageRequest:
     prompt: str
     max_tokens: int
     temperature: float
+    dpi: float | None = None  # the page's resolution as its file states it, if it does
 
 
 @dataclass(frozen=True)

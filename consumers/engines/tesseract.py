@@ -102,11 +102,11 @@ class PreparedPage:
 
 
 def prepare_page(
-    image: Image.Image, preprocess: bool, low_res_scale: float
+    image: Image.Image, stated_dpi: float | None, preprocess: bool, low_res_scale: float
 ) -> PreparedPage:
     """The page as the PGM bytes tesseract reads on stdin (runs in the thread pool)."""
     gray = _to_gray(image) if preprocess else image.convert("L")
-    dpi = _dpi(image)
+    dpi = _dpi(stated_dpi)
     if preprocess and _is_low_resolution(gray, dpi):
         gray = _flatten_background(gray.filter(ImageFilter.MedianFilter(3)))
         if low_res_scale > 1.0:
@@ -145,13 +145,13 @@ def _flatten_background(gray: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(ink * 255.0 / light, 0, 255).astype(np.uint8))
 
 
-def _dpi(image: Image.Image) -> int | None:
-    dpi: object = image.info.get("dpi")
-    if not isinstance(dpi, tuple) or not dpi:
+def _dpi(stated: float | None) -> int | None:
+    """The page's dpi for tesseract, or None to let it estimate (a broken header)."""
+    if stated is None:
         return None
     try:
-        value = round(float(dpi[0]))
-    except (TypeError, ValueError, OverflowError):
+        value = round(stated)
+    except (ValueError, OverflowError):  # NaN, infinity
         return None
     return value if _DPI_RANGE[0] <= value <= _DPI_RANGE[1] else None
 
@@ -225,6 +225,7 @@ class TesseractEngine:
             self._pool,
             prepare_page,
             page.image,
+            page.dpi,
             self._settings.preprocess,
             self._settings.low_res_scale,
         )

@@ -45,6 +45,7 @@ __all__ = [
     "check_page_sizes",
     "load_pages",
     "open_document",
+    "read_pages",
 ]
 
 
@@ -104,10 +105,15 @@ def open_document(raw: bytes, limits: ImageLimits) -> DecodedDocument:
     return INPUTS.open(raw, limits)
 
 
-def load_pages(raw: bytes, limits: ImageLimits) -> list[Image.Image]:
-    """Every page's image at once (tools and tests; the worker decodes page by page)."""
+def read_pages(raw: bytes, limits: ImageLimits) -> list[Page]:
+    """Every page at once (tools and tests; the worker decodes page by page)."""
     document = open_document(raw, limits)
     try:
-        return [document.page(index).image for index in range(document.page_count)]
+        return [document.page(index) for index in range(document.page_count)]
     finally:
         document.close()
+
+
+def load_pages(raw: bytes, limits: ImageLimits) -> list[Image.Image]:
+    """Every page's image at once."""
+    return [page.image for page in read_pages(raw, limits)]

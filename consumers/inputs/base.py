@@ -14,11 +14,12 @@ from typing import Protocol
 from PIL import Image
 
 from consumers.errors import PixelLimitError, TooManyPagesError, UnreadableImageError
+from producers.kafka import MAX_DOCUMENT_BYTES
 
 
 @dataclass(frozen=True)
 class ImageLimits:
-    max_document_bytes: int = 20 * 1024 * 1024
+    max_document_bytes: int = MAX_DOCUMENT_BYTES
     max_pages: int = 50
     max_pixels: int = 100_000_000
     max_side_px: int = 4096

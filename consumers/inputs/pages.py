@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
-
 from PIL import Image, ImageOps
 
 from consumers.inputs.base import Page
@@ -25,16 +23,7 @@ def to_page(
         image.thumbnail((max_side_px, max_side_px), Image.Resampling.LANCZOS)
         factor = image.width / width
         dpi = dpi * factor if dpi is not None else None
-        _scale_info_dpi(image, factor)
     return Page(number, image, dpi)
-
-
-def _scale_info_dpi(image: Image.Image, factor: float) -> None:
-    """The image's own dpi shrinks too (the tesseract engine reads it there today)."""
-    dpi = image.info.get("dpi")
-    # numbers.Real: TIFF resolutions are Pillow IFDRational values, not floats.
-    if isinstance(dpi, tuple) and all(isinstance(v, numbers.Real) for v in dpi):
-        image.info["dpi"] = tuple(float(v) * factor for v in dpi)
 
 
 def _to_8bit(page: Image.Image) -> Image.Image:

@@ -36,11 +36,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import httpx
-from PIL import Image
 
 from consumers.engines.base import PageRequest
 from consumers.engines.tesseract import TesseractEngine
-from consumers.images import ImageLimits, load_pages
+from consumers.inputs import ImageLimits, Page, read_pages
 from consumers.settings import DEFAULT_PROMPT, Settings, TesseractSettings
 from schemas import OcrResult
 from tests.support.cer import (
@@ -128,15 +127,15 @@ async def run_engine(
         slots = asyncio.Semaphore(engine.capacity())
 
         async def read(case: DocumentCase) -> tuple[str, list[str]]:
-            pages = await asyncio.to_thread(load_pages, case.path.read_bytes(), limits)
-            texts = await asyncio.gather(
-                *(read_page(case.doc_id, n, page) for n, page in enumerate(pages, 1))
-            )
+            pages = await asyncio.to_thread(read_pages, case.path.read_bytes(), limits)
+            texts = await asyncio.gather(*(read_page(case.doc_id, p) for p in pages))
             return case.doc_id, list(texts)
 
-        async def read_page(doc_id: str, number: int, image: Image.Image) -> str:
+        async def read_page(doc_id: str, page: Page) -> str:
             async with slots:
-                request = PageRequest(doc_id, number, image, DEFAULT_PROMPT, 4096, 0.0)
+                request = PageRequest(
+                    doc_id, page.number, page.image, DEFAULT_PROMPT, 4096, 0.0, page.dpi
+                )
                 return (await engine.recognize(request)).text
 
         started = time.perf_counter()
@@ -151,9 +150,8 @@ async def run_pipeline(cases: Sequence[DocumentCase], settings: Settings) -> Run
     """Embedded broker, ``medocr publish``'s library API and the worker, to the end."""
     from consumers.broker import EmbeddedBroker, ensure_topics
     from consumers.demo import demo_settings
-    from consumers.runner import producer_options, run_worker
+    from consumers.runner import run_worker
     from producers.cli import PublishOptions, publish_command
-    from producers.client import OcrClient
     from producers.publisher import RequestOptions
 
     results: dict[str, OcrResult] = {}
@@ -168,9 +166,7 @@ async def run_pipeline(cases: Sequence[DocumentCase], settings: Settings) -> Run
             ready_url = f"http://127.0.0.1:{settings.sidecar.port}/ready"
             await _wait_ready(httpx.AsyncClient(), ready_url, worker)
             started = time.perf_counter()
-            async with OcrClient(
-                kafka.client_kwargs(), kafka.topics(), producer_options(settings)
-            ) as client:
+            async with settings.client() as client:
                 status = await publish_command(
                     [case.path for case in cases],
                     client,

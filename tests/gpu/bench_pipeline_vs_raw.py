@@ -360,6 +360,7 @@ class Pipeline:
             {"bootstrap_servers": self.bootstrap},
             Topics(results=RESULT_TOPIC),
             ProducerOptions(enable_idempotence=False),
+            fetch_max_wait_ms=EMBEDDED_BROKER_FETCH_MAX_WAIT_MS,
         ) as client:
             await asyncio.wait_for(
                 asyncio.gather(

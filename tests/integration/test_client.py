@@ -5,14 +5,11 @@ from __future__ import annotations
 import asyncio
 import io
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 from aiokafka.errors import ConsumerStoppedError
 
-from consumers.runner import producer_options, run_worker
 from consumers.settings import Settings
 from producers.cli import PublishOptions, publish_command
 from producers.client import OcrClient
@@ -29,30 +26,13 @@ from schemas.records import utc_now
 from tests.support.engines import FakeEngine
 from tests.support.records import png_request
 from tests.support.scans import multipage_tiff
-from tests.support.workers import run_burst
+from tests.support.workers import run_burst, running_worker
 
 pytestmark = pytest.mark.integration
 
 
-@asynccontextmanager
-async def running_worker(settings: Settings, engine: FakeEngine) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(run_worker(settings, stop, engine=engine))
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-
-
 def client_for(settings: Settings, *, progress: bool = False) -> OcrClient:
-    kafka = settings.kafka
-    return OcrClient(
-        kafka.client_kwargs(),
-        kafka.topics(),
-        producer_options(settings),
-        progress=progress,
-    )
+    return settings.client(progress=progress)
 
 
 def reader_task() -> asyncio.Task[object]:

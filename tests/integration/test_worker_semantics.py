@@ -10,7 +10,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from consumers.runner import run_worker
 from consumers.settings import Settings
-from producers.client import OcrClient
 from schemas import OcrRequest
 from schemas.records import utc_now
 from tests.support.engines import FakeEngine
@@ -130,12 +129,7 @@ async def test_python_client_awaits_each_result(
         scan.write_bytes(png_request(name).image or b"")
         scans.append(scan)
     engine = FakeEngine(slow={"alpha": 0.5})  # the first one answers last
-    kafka = settings.kafka
-    topics = kafka.topics()
-    async with (
-        running_worker(settings, engine),
-        OcrClient(kafka.client_kwargs(), topics, settings.producer_options()) as client,
-    ):
+    async with running_worker(settings, engine), settings.client() as client:
         results = await asyncio.gather(
             *(client.recognize(scan, timeout_s=60) for scan in scans)
         )

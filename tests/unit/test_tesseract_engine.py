@@ -15,7 +15,7 @@ from PIL import Image
 from consumers.engines.base import OcrEngine, PageRequest
 from consumers.engines.tesseract import TesseractEngine, prepare_page
 from consumers.errors import ConfigurationError, PageFailedError
-from consumers.inputs import ImageLimits, load_pages
+from consumers.inputs import ImageLimits, load_pages, read_pages
 from consumers.settings import DEFAULT_PROMPT, TesseractSettings
 from tests.support.cer import (
     SAMPLES_DIR,
@@ -34,7 +34,9 @@ CLEAN_CER_BOUND = 0.13
 ALL_CER_BOUND = 0.34
 
 
-def _request(image: Image.Image, page_number: int = 1) -> PageRequest:
+def _request(
+    image: Image.Image, page_number: int = 1, dpi: float | None = None
+) -> PageRequest:
     return PageRequest(
         document_id="test-doc",
         page_number=page_number,
@@ -42,6 +44,7 @@ def _request(image: Image.Image, page_number: int = 1) -> PageRequest:
         prompt=DEFAULT_PROMPT,
         max_tokens=4096,
         temperature=0.0,
+        dpi=dpi,
     )
 
 
@@ -89,9 +92,9 @@ async def test_sample_documents_within_the_cer_bound(engine: TesseractEngine) ->
     scores: list[PageScore] = []
     clean: list[PageScore] = []
     for case in load_manifest(SAMPLES_DIR):
-        pages = load_pages(case.path.read_bytes(), ImageLimits())
+        pages = read_pages(case.path.read_bytes(), ImageLimits())
         results = await asyncio.gather(
-            *(engine.recognize(_request(page, n)) for n, page in enumerate(pages, 1))
+            *(engine.recognize(_request(p.image, p.number, p.dpi)) for p in pages)
         )
         for result, truth in zip(results, case.ground_truth, strict=True):
             assert result.engine_s > 0
@@ -197,8 +200,7 @@ def test_low_resolution_pages_are_enlarged_only_when_the_setting_asks(
 ) -> None:
     """TESSERACT_LOW_RES_SCALE: a 100-dpi page is cleaned always, enlarged only > 1."""
     page = Image.new("L", (700, 990), 255)
-    page.info["dpi"] = (100, 100)
-    prepared = prepare_page(page, True, scale)
+    prepared = prepare_page(page, 100.0, True, scale)
     with Image.open(io.BytesIO(prepared.pgm)) as pgm:
         assert pgm.size == size
     assert prepared.dpi == dpi

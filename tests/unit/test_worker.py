@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from consumers.budget import PageBudget
 from consumers.documents import DocumentRecognizer, RecognizerOptions
-from consumers.images import ImageLimits
+from consumers.inputs import ImageLimits
 from consumers.metrics import WorkerMetrics
 from consumers.outcomes import OutcomeBuilder
 from consumers.retry import RetryPolicy
@@ -89,7 +89,7 @@ class Loop:
             self.stop.set()
             await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 10)
 
-    async def until(self, done: Callable[[], object], timeout_s: float = 5) -> None:
+    async def until(self, done: Callable[[], object], timeout_s: float = 30) -> None:
         async def wait() -> None:
             while not done():  # noqa: ASYNC110 - a condition of the worker's, polled
                 await asyncio.sleep(0.005)
