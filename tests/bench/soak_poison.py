@@ -35,7 +35,8 @@ from tests.bench.bench_bombs import (
     publish,
     start_worker,
 )
-from tests.support.poison import Poison, cheap_corpus, good_png, of_request, request
+from tests.support.poison import Poison, cheap_corpus, good_png, of_request
+from tests.support.records import scan_request as request
 
 PARTITIONS = 4
 

@@ -14,6 +14,7 @@ from consumers.settings import Settings
 from schemas import OcrRequest
 from tests.support.cer import (
     SAMPLES_DIR,
+    PageScore,
     data_set,
     load_manifest,
     micro_cer,
@@ -150,7 +151,7 @@ async def test_dataset_documents_get_real_text(settings: Settings) -> None:
     await run_burst(settings, timeout_s=900)
     outputs = await read_outputs(settings, results=len(cases))
     results = outputs.by_id()
-    scores = []
+    scores: list[PageScore] = []
     for case in cases:
         result = results[case.path.stem]
         assert result.status.value == "OK", (case.doc_id, result.error_message)

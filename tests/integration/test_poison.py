@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from consumers.settings import Settings
 from schemas import DeadLetter, OcrResult
 from tests.support.poison import PRODUCER_MAX_BYTES, GoodScan, Poison, corpus, good_png
-from tests.support.poison import request as make_request
+from tests.support.records import scan_request as make_request
 from tests.support.workers import WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.tesseract]
