@@ -10,7 +10,8 @@ APT    := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 demo: venv tesseract
 	$(BIN)/medocr demo
 
-test: venv tesseract promtool stunnel
+# lint first: ruff and mypy (strict, tests included) are part of the test command
+test: venv tesseract promtool stunnel lint
 	$(BIN)/python -m pytest
 
 unit: venv
