@@ -10,10 +10,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from consumers.broker import ensure_topics
 from consumers.demo import sample_scans
+from consumers.engines.fake import FakeEngine
 from consumers.runner import run_worker
 from consumers.settings import Settings
 from producers.publisher import RequestOptions, build_request
-from tests.support.engines import FakeEngine
 from tests.support.kafka import publish_requests, read_outputs
 
 pytestmark = pytest.mark.integration

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from aiokafka.errors import ConsumerStoppedError
 
+from consumers.engines.fake import FakeEngine
 from consumers.settings import Settings
 from producers.cli import PublishOptions, publish_command
 from producers.client import OcrClient
@@ -23,7 +24,6 @@ from producers.replies import (
 )
 from schemas import OcrRequest, PageProgress
 from schemas.records import utc_now
-from tests.support.engines import FakeEngine
 from tests.support.records import png_request
 from tests.support.scans import multipage_tiff
 from tests.support.workers import run_burst, running_worker

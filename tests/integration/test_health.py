@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from consumers.broker import free_port
+from consumers.engines.fake import FakeEngine
 from consumers.settings import Settings
-from tests.support.engines import FakeEngine
 from tests.support.kafka import publish_requests, read_outputs
 from tests.support.records import png_request
 from tests.support.workers import running_worker

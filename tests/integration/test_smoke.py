@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 
 from consumers.demo import sample_scans
+from consumers.engines.fake import FakeEngine
 from consumers.settings import Settings
 from producers.publisher import RequestOptions, build_request
-from tests.support.engines import FakeEngine
 from tests.support.kafka import publish_requests, read_outputs
 from tests.support.workers import run_burst
 

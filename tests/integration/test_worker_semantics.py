@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from consumers.engines.fake import FakeEngine
 from consumers.runner import run_worker
 from consumers.settings import Settings
 from schemas import OcrRequest
 from schemas.records import utc_now
-from tests.support.engines import FakeEngine
 from tests.support.kafka import publish_raw, publish_requests, read_outputs
 from tests.support.records import png_request
 from tests.support.scans import multipage_tiff

@@ -23,6 +23,7 @@ from consumers.documents import (
     RecognizerOptions,
 )
 from consumers.engines import PageRequest, PageResult
+from consumers.engines.fake import FakeEngine
 from consumers.errors import EngineDeadError
 from consumers.inputs import ImageLimits, Page, RasterDocument, open_document
 from consumers.intake import RequestLimits
@@ -30,7 +31,6 @@ from consumers.metrics import WorkerMetrics
 from consumers.outcomes import Msg, Outcome, OutcomeBuilder
 from consumers.retry import RetriesExhaustedError, RetryPolicy
 from schemas import DeadLetter, DocumentStatus, OcrRequest, OcrResult
-from tests.support.engines import FakeEngine
 from tests.support.records import SUBMITTED, consumer_record, sender_request
 from tests.support.scans import encode, multipage_tiff
 

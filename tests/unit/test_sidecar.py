@@ -16,11 +16,11 @@ import pytest
 from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
+from consumers.engines.fake import FakeEngine
 from consumers.errors import ConfigurationError
 from consumers.metrics import WorkerMetrics
 from consumers.sidecar import SidecarServer, build_sidecar
 from consumers.state import WorkerState
-from tests.support.engines import FakeEngine
 
 KEY = "k3y-for-metrics"
 STALL_S = 0.5  # wide enough that a loaded machine answers two requests within it

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from consumers.budget import PageBudget
 from consumers.documents import DocumentRecognizer, RecognizerOptions
+from consumers.engines.fake import FakeEngine
 from consumers.inputs import ImageLimits
 from consumers.metrics import WorkerMetrics
 from consumers.outcomes import OutcomeBuilder
@@ -22,7 +23,6 @@ from consumers.state import WorkerState
 from consumers.worker import LoopOptions, OcrWorker, WorkerFailedError
 from producers.results import ResultPublisher
 from schemas import OcrResult
-from tests.support.engines import FakeEngine
 from tests.support.records import png_request
 from tests.support.source import MemoryProducer, MemorySource
 

@@ -1,4 +1,5 @@
-"""A scriptable engine for tests of the worker's semantics (batching, commits, errors).
+"""A scriptable engine beside the protocol, for tests of the worker's semantics
+(batching, commits, errors) here and in code built on medocr.
 
 It does no OCR: it reports each page's size, so tests can tell pages apart, and it can be
 told to be slow, fail transiently, fail a page for good, or die.
