@@ -12,7 +12,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from consumers.budget import PageBudget
-from consumers.documents import DocumentRecognizer, PageCallback, RecognizerOptions
+from consumers.documents import DocumentRecognizer, RecognizerOptions
 from consumers.engines import OcrEngine, build_engine
 from consumers.errors import ConfigurationError
 from consumers.metrics import WorkerMetrics
@@ -28,9 +28,8 @@ from producers.kafka import (
     build_worker_consumer,
     max_record_bytes,
 )
+from producers.progress import ProgressSender
 from producers.results import ResultPublisher
-from schemas import OcrRequest, PageText
-from schemas.records import PageProgress, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +136,7 @@ async def _consume(
             max_id_chars=limits.max_id_chars,
         ),
         state=state,
-        on_page=_progress_sender(publisher) if batch.publish_progress else None,
+        on_page=ProgressSender(publisher) if batch.publish_progress else None,
     )
     consumer = build_consumer(settings)
     worker = OcrWorker(
@@ -161,24 +160,6 @@ async def _consume(
         await worker.run(stop, burst=burst)
     finally:
         await consumer.stop()
-
-
-def _progress_sender(publisher: ResultPublisher) -> PageCallback:
-    async def send(request: OcrRequest, page: PageText, page_count: int) -> None:
-        if page_count < 2:
-            return  # the result itself follows at once
-        await publisher.send_progress(
-            PageProgress(
-                document_id=request.document_id,
-                page_number=page.page_number,
-                page_count=page_count,
-                status=page.status,
-                emitted_at=utc_now(),
-                text=page.text,
-            )
-        )
-
-    return send
 
 
 def _secret(settings: Settings) -> str | None:
