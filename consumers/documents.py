@@ -44,7 +44,7 @@ from consumers.retry import RetryPolicy, retry_transient
 from consumers.state import WorkerState
 from consumers.storage import read_uri_within
 from consumers.threads import run_abandonable
-from schemas import OcrRequest, PageText
+from schemas import OcrPage, OcrRequest, PageStatus
 from schemas.content_types import sniff_content_type
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ T = TypeVar("T")
 # the first page it gets) and later ones follow at the same rate.
 DECODE_CONCURRENCY = 4
 
-PageCallback = Callable[[OcrRequest, PageText, int], Awaitable[None]]
+PageCallback = Callable[[OcrRequest, OcrPage, int], Awaitable[None]]
 DocumentOpener = Callable[[bytes, ImageLimits], DecodedDocument]  # INPUTS.open
 
 
@@ -226,10 +226,10 @@ class DocumentRecognizer:
         document: DecodedDocument,
         places: PagePlaces,
         clock: _DecodeClock,
-    ) -> list[PageText]:
+    ) -> list[OcrPage]:
         """Decode page after page, each in its own budget place, into the engine."""
         count = document.page_count
-        tasks: list[asyncio.Task[PageText]] = []
+        tasks: list[asyncio.Task[OcrPage]] = []
         try:
             for index in range(count):
                 if index:  # the first page takes the place the record came with
@@ -258,7 +258,7 @@ class DocumentRecognizer:
         decoded: Page,
         count: int,
         places: PagePlaces,
-    ) -> PageText:
+    ) -> OcrPage:
         number = decoded.number
         page = PageRequest(
             document_id=request.document_id,
@@ -284,15 +284,15 @@ class DocumentRecognizer:
             text = self._failed_page(msg, number, exc)
         finally:
             places.give()
-        self._metrics.pages.labels(status=text.status).inc()
-        if text.status != "FAILED":
+        self._metrics.pages.labels(status=text.status.value).inc()
+        if text.status is not PageStatus.FAILED:
             self._metrics.page_seconds.observe(text.processing_time_ms / 1000)
         if self._state is not None:
             self._state.progressed()
         await self._progress(msg, request, text, count)
         return text
 
-    def _failed_page(self, msg: Msg, number: int, exc: Exception) -> PageText:
+    def _failed_page(self, msg: Msg, number: int, exc: Exception) -> OcrPage:
         """A page the engine could not read fails alone, while the engine is healthy."""
         scope = Scope.RECORD if self._engine.health().loaded else Scope.SHARED
         if classify(exc, scope) is not Action.DEAD_LETTER:
@@ -302,10 +302,10 @@ class DocumentRecognizer:
                 ) from exc
             raise exc
         self._log_failure(msg, exc, f"page {number}")
-        return PageText(page_number=number, status="FAILED", error_code=error_code(exc))
+        return OcrPage(number, PageStatus.FAILED, error_code=error_code(exc))
 
     async def _progress(
-        self, msg: Msg, request: OcrRequest, text: PageText, count: int
+        self, msg: Msg, request: OcrRequest, text: OcrPage, count: int
     ) -> None:
         """Progress events are best effort: a failed one never fails the page."""
         if self._on_page is None:

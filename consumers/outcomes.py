@@ -39,7 +39,7 @@ from consumers.errors import (
 )
 from producers.kafka import MAX_DOCUMENT_BYTES, max_record_bytes
 from producers.results import dead_letter_key, result_key
-from schemas import DeadLetter, DocumentStatus, OcrRequest, OcrResult, PageText
+from schemas import DocumentStatus, OcrDeadLetter, OcrPage, OcrRequest, OcrResult
 from schemas.records import FORM_FEED, RecordHeader, utc_now
 
 # aiokafka ships no type information: a consumed record is typed by hand here.
@@ -65,7 +65,7 @@ DEAD_LETTER_DROPS = ("value", "headers", "key")
 @dataclass(frozen=True)
 class Outcome:
     result: OcrResult
-    dead_letter: DeadLetter | None = None
+    dead_letter: OcrDeadLetter | None = None
 
 
 def where(msg: Msg) -> str:
@@ -108,11 +108,11 @@ class OutcomeBuilder:
         msg: Msg,
         request: OcrRequest,
         digest: str | None,
-        pages: list[PageText],
+        pages: list[OcrPage],
         started: float,
     ) -> Outcome:
         """Every page was tried; the record failed if any page did."""
-        failed = [p for p in pages if p.status == "FAILED"]
+        failed = [p for p in pages if p.status is PageStatus.FAILED]
         if failed:
             numbers = ", ".join(str(p.page_number) for p in failed)
             exc = PageFailedError(f"pages {numbers} failed")
@@ -130,7 +130,7 @@ class OutcomeBuilder:
         digest: str | None,
         started: float,
         exc: BaseException,
-        pages: list[PageText],
+        pages: list[OcrPage],
     ) -> Outcome:
         """A FAILED result and the dead letter that goes with it."""
         result = self._result(msg, request, digest, started, pages, exc)
@@ -168,7 +168,7 @@ class OutcomeBuilder:
         request: OcrRequest | None,
         digest: str | None,
         started: float,
-        pages: list[PageText],
+        pages: list[OcrPage],
         error: BaseException | None,
     ) -> OcrResult:
         """The result of the record: OK without ``error``, else FAILED with it."""
@@ -203,9 +203,9 @@ class OutcomeBuilder:
 
     def _dead_letter(
         self, msg: Msg, exc: BaseException, request: OcrRequest | None
-    ) -> DeadLetter:
+    ) -> OcrDeadLetter:
         document_id, omitted = self._document_id(msg, request)
-        letter = DeadLetter(
+        letter = OcrDeadLetter(
             source_topic=msg.topic,
             source_partition=msg.partition,
             source_offset=msg.offset,
@@ -262,7 +262,7 @@ class OutcomeBuilder:
         return size <= self.max_record_bytes
 
 
-_Omittable = TypeVar("_Omittable", OcrResult, DeadLetter)
+_Omittable = TypeVar("_Omittable", OcrResult, OcrDeadLetter)
 
 
 def omit(record: _Omittable, name: str) -> _Omittable:
@@ -298,10 +298,10 @@ def describe(exc: BaseException) -> str:
     return f"internal error while handling the record ({type(exc).__name__})"
 
 
-def page_text(number: int, result: PageResult) -> PageText:
-    return PageText(
+def page_text(number: int, result: PageResult) -> OcrPage:
+    return OcrPage(
         page_number=number,
-        status=result.status.value,
+        status=result.status,
         text=result.text,
         error_code=None if result.status is PageStatus.OK else result.status.value,
         token_count=result.token_count,

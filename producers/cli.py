@@ -13,7 +13,7 @@ from typing import TextIO
 from producers.client import OcrClient
 from producers.publisher import RequestOptions, build_request, find_scans
 from producers.replies import Reply
-from schemas import DocumentStatus, OcrRequest, OcrResult, PageProgress
+from schemas import DocumentStatus, OcrProgress, OcrRequest, OcrResult
 
 
 class ProgressBar:
@@ -156,10 +156,10 @@ async def _wait(
     return 1 if failed else 0
 
 
-def format_progress(progress: PageProgress) -> str:
+def format_progress(progress: OcrProgress) -> str:
     return (
         f"… {progress.document_id} page {progress.page_number}/{progress.page_count} "
-        f"{progress.status}: {progress.text[:200]}"
+        f"{progress.status.value}: {progress.text[:200]}"
     )
 
 

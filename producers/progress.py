@@ -14,7 +14,7 @@ import logging
 from aiokafka.structs import RecordMetadata
 
 from producers.results import ResultPublisher
-from schemas import OcrRequest, PageProgress, PageText
+from schemas import OcrPage, OcrProgress, OcrRequest
 from schemas.records import utc_now
 
 log = logging.getLogger(__name__)
@@ -28,11 +28,11 @@ class ProgressSender:
         self.failures = 0
 
     async def __call__(
-        self, request: OcrRequest, page: PageText, page_count: int
+        self, request: OcrRequest, page: OcrPage, page_count: int
     ) -> None:
         if page_count < 2:
             return  # the result itself follows at once
-        event = PageProgress(
+        event = OcrProgress(
             document_id=request.document_id,
             page_number=page.page_number,
             page_count=page_count,

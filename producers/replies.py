@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from schemas import CodecError, OcrResult, PageProgress
+from schemas import CodecError, OcrProgress, OcrResult
 
 READER_TASK_NAME = "medocr-reply-reader"
 
@@ -60,7 +60,7 @@ class Reply:
         self._streams_events = streams_events
         self._done = asyncio.Event()
         self._outcome: OcrResult | ReplyError | None = None
-        self._events: asyncio.Queue[PageProgress | None] = asyncio.Queue()
+        self._events: asyncio.Queue[OcrProgress | None] = asyncio.Queue()
 
     def done(self) -> bool:
         return self._done.is_set()
@@ -81,7 +81,7 @@ class Reply:
         assert self._outcome is not None  # noqa: S101 - set before _done
         raise self._outcome
 
-    async def events(self) -> AsyncIterator[PageProgress]:
+    async def events(self) -> AsyncIterator[OcrProgress]:
         """Each page's progress as it arrives; ends when the result does (or the
         error the reply ended with is raised)."""
         if not self._streams_events:
@@ -100,7 +100,7 @@ class Reply:
             ReplyClosedError(f"stopped waiting for document {self.document_id!r}")
         )
 
-    def _progress(self, event: PageProgress) -> None:
+    def _progress(self, event: OcrProgress) -> None:
         if self._streams_events and not self.done():
             self._events.put_nowait(event)
 
@@ -194,7 +194,7 @@ class ReplyReader:
             if topic == self._result_topic:
                 result = OcrResult.decode(value)
             else:
-                progress = PageProgress.decode(value)
+                progress = OcrProgress.decode(value)
         except CodecError:
             return  # a foreign record on the topic is not ours to answer
         if topic == self._result_topic:

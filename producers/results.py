@@ -7,7 +7,7 @@ import asyncio
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
-from schemas import DeadLetter, OcrResult, PageProgress
+from schemas import OcrDeadLetter, OcrProgress, OcrResult
 
 
 def result_key(result: OcrResult) -> bytes:
@@ -15,7 +15,7 @@ def result_key(result: OcrResult) -> bytes:
     return result.document_id.encode()
 
 
-def dead_letter_key(letter: DeadLetter) -> bytes | None:
+def dead_letter_key(letter: OcrDeadLetter) -> bytes | None:
     """The Kafka key of a dead letter: the original key, or none where it was left out."""
     return letter.key
 
@@ -43,7 +43,7 @@ class ResultPublisher:
         return future
 
     async def send_dead_letter(
-        self, letter: DeadLetter
+        self, letter: OcrDeadLetter
     ) -> asyncio.Future[RecordMetadata]:
         future: asyncio.Future[RecordMetadata] = await self._producer.send(
             self._dlq_topic, letter.encode(), key=dead_letter_key(letter)
@@ -51,7 +51,7 @@ class ResultPublisher:
         return future
 
     async def send_progress(
-        self, progress: PageProgress
+        self, progress: OcrProgress
     ) -> asyncio.Future[RecordMetadata]:
         future: asyncio.Future[RecordMetadata] = await self._producer.send(
             self._progress_topic, progress.encode(), key=progress.document_id.encode()

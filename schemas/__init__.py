@@ -6,24 +6,26 @@ records into bytes and back.
 
 from schemas.codec import AvroCodec, CodecError, load_codec
 from schemas.records import (
-    DeadLetter,
     DocumentStatus,
+    OcrDeadLetter,
+    OcrPage,
+    OcrProgress,
     OcrRequest,
     OcrResult,
-    PageProgress,
-    PageText,
+    PageStatus,
     RecordHeader,
 )
 
 __all__ = [
     "AvroCodec",
     "CodecError",
-    "DeadLetter",
     "DocumentStatus",
+    "OcrDeadLetter",
+    "OcrPage",
+    "OcrProgress",
     "OcrRequest",
     "OcrResult",
-    "PageProgress",
-    "PageText",
+    "PageStatus",
     "RecordHeader",
     "load_codec",
 ]

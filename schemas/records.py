@@ -25,6 +25,13 @@ class DocumentStatus(enum.Enum):
     FAILED = "FAILED"
 
 
+class PageStatus(enum.Enum):
+    OK = "OK"
+    TRUNCATED = "TRUNCATED"  # the model stopped at max_tokens after all retries
+    REPETITIVE = "REPETITIVE"  # the model looped after all retries
+    FAILED = "FAILED"  # no text: the page failed (error_code says why)
+
+
 class _Avro:
     SCHEMA: ClassVar[str]
 
@@ -67,9 +74,11 @@ class OcrRequest(_Avro):
 
 
 @dataclass(frozen=True)
-class PageText(_Avro):
+class OcrPage:
+    """One page of an ``OcrResult`` (a record nested in it, never sent alone)."""
+
     page_number: int
-    status: str  # consumers.engines.PageStatus value
+    status: PageStatus
     text: str = ""
     error_code: str | None = None
     token_count: int = 0
@@ -85,7 +94,7 @@ class OcrResult(_Avro):
     status: DocumentStatus
     completed_at: datetime
     text: str = ""
-    pages: list[PageText] = field(default_factory=list)
+    pages: list[OcrPage] = field(default_factory=list)
     page_count: int = 0
     error_code: str | None = None
     error_message: str | None = None
@@ -108,13 +117,18 @@ class OcrResult(_Avro):
     def to_avro(self) -> dict[str, Any]:
         record = asdict(self)
         record["status"] = self.status.value
+        for page in record["pages"]:
+            page["status"] = page["status"].value
         return record
 
     @classmethod
     def from_avro(cls, record: dict[str, Any]) -> Self:
         fields = dict(record)
         fields["status"] = DocumentStatus(fields["status"])
-        fields["pages"] = [PageText(**page) for page in fields.get("pages", [])]
+        fields["pages"] = [
+            OcrPage(**{**page, "status": PageStatus(page["status"])})
+            for page in fields.get("pages", [])
+        ]
         return cls(**fields)
 
 
@@ -125,7 +139,7 @@ class RecordHeader:
 
 
 @dataclass(frozen=True)
-class DeadLetter(_Avro):
+class OcrDeadLetter(_Avro):
     SCHEMA: ClassVar[str] = "medocr.OcrDeadLetter"
 
     source_topic: str
@@ -151,12 +165,19 @@ class DeadLetter(_Avro):
 
 
 @dataclass(frozen=True)
-class PageProgress(_Avro):
+class OcrProgress(_Avro):
     SCHEMA: ClassVar[str] = "medocr.OcrProgress"
 
     document_id: str
     page_number: int
     page_count: int
-    status: str
+    status: PageStatus
     emitted_at: datetime
     text: str = ""
+
+    def to_avro(self) -> dict[str, Any]:
+        return {**asdict(self), "status": self.status.value}
+
+    @classmethod
+    def from_avro(cls, record: dict[str, Any]) -> Self:
+        return cls(**{**record, "status": PageStatus(record["status"])})

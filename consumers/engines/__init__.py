@@ -9,9 +9,9 @@ from consumers.engines.base import (
     OcrEngine,
     PageRequest,
     PageResult,
-    PageStatus,
 )
 from consumers.errors import ConfigurationError
+from schemas import PageStatus
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

@@ -9,18 +9,12 @@ engine itself is gone.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from PIL import Image
 
-
-class PageStatus(enum.Enum):
-    OK = "OK"
-    TRUNCATED = "TRUNCATED"  # the model stopped at max_tokens after all retries
-    REPETITIVE = "REPETITIVE"  # the model looped after all retries
-    FAILED = "FAILED"  # no text: the page failed (error_code says why)
+from schemas import PageStatus
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import Protocol
 from PIL import Image
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from consumers.engines.base import EngineHealth, PageRequest, PageResult, PageStatus
+from consumers.engines.base import EngineHealth, PageRequest, PageResult
 from consumers.engines.vllm_quality import judge_page, status_rank
 from consumers.engines.vllm_requests import (
     CapacityFigure,
@@ -34,6 +34,7 @@ from consumers.engines.vllm_requests import (
 )
 from consumers.errors import EngineDeadError
 from consumers.settings import VllmSettings
+from schemas import PageStatus
 
 log = logging.getLogger(__name__)
 

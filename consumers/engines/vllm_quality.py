@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 
-from consumers.engines.base import PageStatus
+from schemas import PageStatus
 
 RUN_MIN_CHARS = 160
 TAIL_MAX_PERIOD = 120

@@ -38,7 +38,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from consumers.broker import EmbeddedBroker, ensure_topics
 from consumers.settings import Settings
 from producers.kafka import EMBEDDED_BROKER_FETCH_MAX_WAIT_MS
-from schemas import DeadLetter, OcrResult
+from schemas import OcrDeadLetter, OcrResult
 from tests.support.poison import MiB, Poison, bomb_poisons, slow_decode
 from tests.support.workers import WorkerProcess
 
@@ -142,7 +142,7 @@ class OutputReader:
             fetch_max_bytes=64 * MiB,
         )
         self.results: dict[Position, list[Arrival]] = {}
-        self.letters: dict[Position, list[DeadLetter]] = {}
+        self.letters: dict[Position, list[OcrDeadLetter]] = {}
         self.started = time.monotonic()
 
     async def __aenter__(self) -> OutputReader:
@@ -173,7 +173,7 @@ class OutputReader:
                     at = (result.source_partition, result.source_offset)
                     self.results.setdefault(at, []).append(Arrival(result, now))
                 else:
-                    letter = DeadLetter.decode(msg.value)
+                    letter = OcrDeadLetter.decode(msg.value)
                     at = (letter.source_partition, letter.source_offset)
                     self.letters.setdefault(at, []).append(letter)
 

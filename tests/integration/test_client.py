@@ -22,7 +22,7 @@ from producers.replies import (
     ReplyReaderError,
     ReplyTimeoutError,
 )
-from schemas import OcrRequest, PageProgress
+from schemas import OcrProgress, OcrRequest
 from schemas.records import utc_now
 from tests.support.records import png_request
 from tests.support.scans import multipage_tiff
@@ -65,7 +65,7 @@ async def test_events_stream_each_page_then_end_with_the_result(
         image=multipage_tiff([(64, 32 + i) for i in range(3)]),
     )
     engine = FakeEngine(delay_s=0.1)
-    events: list[PageProgress] = []
+    events: list[OcrProgress] = []
     async with (
         running_worker(settings, engine),
         client_for(settings, progress=True) as client,

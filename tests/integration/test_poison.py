@@ -11,7 +11,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from consumers.settings import Settings
-from schemas import DeadLetter, OcrResult
+from schemas import OcrDeadLetter, OcrResult
 from tests.support.poison import PRODUCER_MAX_BYTES, GoodScan, Poison, corpus, good_png
 from tests.support.records import scan_request as make_request
 from tests.support.workers import WorkerProcess
@@ -38,7 +38,7 @@ class Published:
 @dataclass
 class Seen:
     results: dict[int, list[tuple[int, OcrResult]]] = field(default_factory=dict)
-    letters: dict[int, list[tuple[int, DeadLetter]]] = field(default_factory=dict)
+    letters: dict[int, list[tuple[int, OcrDeadLetter]]] = field(default_factory=dict)
 
 
 async def publish_corpus(
@@ -135,7 +135,7 @@ def collect(
         assert result.source_partition == PARTITION
         seen.results.setdefault(result.source_offset, []).append((size, result))
     else:
-        letter = DeadLetter.decode(value)
+        letter = OcrDeadLetter.decode(value)
         assert letter.source_partition == PARTITION
         seen.letters.setdefault(letter.source_offset, []).append((size, letter))
 

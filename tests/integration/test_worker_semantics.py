@@ -112,7 +112,7 @@ async def test_bad_page_fails_alone_and_is_dead_lettered(settings: Settings) -> 
     outputs = await read_outputs(settings, results=2, dead_letters=1)
     result = outputs.by_id()["three-pages"]
     assert result.status.value == "FAILED" and result.error_code == "PAGE_FAILED"
-    assert [p.status for p in result.pages] == ["OK", "FAILED", "OK"]
+    assert [p.status.value for p in result.pages] == ["OK", "FAILED", "OK"]
     assert result.pages[2].text == "three-pages p3 64x34"
     assert outputs.by_id()["neighbour"].status.value == "OK"
     [letter] = outputs.dead_letters

@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from consumers.settings import Settings
 from producers.kafka import build_producer
-from schemas import DeadLetter, OcrRequest, OcrResult
+from schemas import OcrDeadLetter, OcrRequest, OcrResult
 
 
 async def publish_raw(
@@ -67,7 +67,7 @@ async def read_topic(
 @dataclass
 class Outputs:
     results: list[OcrResult]
-    dead_letters: list[DeadLetter]
+    dead_letters: list[OcrDeadLetter]
 
     def by_id(self) -> dict[str, OcrResult]:
         return {r.document_id: r for r in self.results}
@@ -83,7 +83,7 @@ async def read_outputs(
             for v in await read_topic(settings, kafka.result_topic, results, timeout_s)
         ],
         [
-            DeadLetter.decode(v)
+            OcrDeadLetter.decode(v)
             for v in await read_topic(
                 settings,
                 kafka.dlq_topic,

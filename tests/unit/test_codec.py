@@ -18,11 +18,12 @@ from fastavro.schema import parse_schema, to_parsing_canonical_form
 from schemas import (
     AvroCodec,
     CodecError,
-    DeadLetter,
     DocumentStatus,
+    OcrDeadLetter,
+    OcrPage,
     OcrRequest,
     OcrResult,
-    PageText,
+    PageStatus,
     load_codec,
 )
 from schemas.codec import HEADER_BYTES, read_schema, schema_fingerprint
@@ -92,13 +93,13 @@ def small_result() -> OcrResult:
         status=DocumentStatus.OK,
         completed_at=AT,
         text="a\fb",
-        pages=[PageText(1, "OK", "a"), PageText(2, "OK", "b")],
+        pages=[OcrPage(1, PageStatus.OK, "a"), OcrPage(2, PageStatus.OK, "b")],
         page_count=2,
     )
 
 
-def small_dead_letter() -> DeadLetter:
-    return DeadLetter(
+def small_dead_letter() -> OcrDeadLetter:
+    return OcrDeadLetter(
         source_topic="ocr.requests",
         source_partition=0,
         source_offset=7,
@@ -329,7 +330,7 @@ def test_bytes_written_with_a_history_schema_decode(file_name: str) -> None:
     ("file_name", "record_type"),
     [
         ("medocr.OcrResult.v1.avsc", OcrResult),
-        ("medocr.OcrDeadLetter.v1.avsc", DeadLetter),
+        ("medocr.OcrDeadLetter.v1.avsc", OcrDeadLetter),
     ],
 )
 def test_v1_bytes_decode_to_records_without_omissions(

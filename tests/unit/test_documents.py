@@ -30,7 +30,7 @@ from consumers.intake import RequestLimits
 from consumers.metrics import WorkerMetrics
 from consumers.outcomes import Msg, Outcome, OutcomeBuilder
 from consumers.retry import RetriesExhaustedError, RetryPolicy
-from schemas import DeadLetter, DocumentStatus, OcrRequest, OcrResult
+from schemas import DocumentStatus, OcrDeadLetter, OcrRequest, OcrResult
 from tests.support.records import SUBMITTED, consumer_record, sender_request
 from tests.support.scans import encode, multipage_tiff
 
@@ -146,7 +146,7 @@ async def test_good_document_is_ok(make_harness: Callable[..., Harness]) -> None
     assert result.status is DocumentStatus.OK
     assert result.document_id == "doc-1"
     assert result.text == "doc-1 p1 30x20"
-    assert [(p.page_number, p.status) for p in result.pages] == [(1, "OK")]
+    assert [(p.page_number, p.status.value) for p in result.pages] == [(1, "OK")]
     assert result.page_count == 1
     assert result.error_code is None
     assert (result.engine, result.model) == ("fake", "fake-1")
@@ -307,7 +307,7 @@ async def test_undecodable_record_is_dead_lettered_with_its_original_bytes(
     )
     assert letter.document_id == "doc-9"
     assert letter.worker_id == "worker-a"
-    assert DeadLetter.decode(letter.encode()).encode() == letter.encode()
+    assert OcrDeadLetter.decode(letter.encode()).encode() == letter.encode()
     assert harness.engine.calls == []
 
 
@@ -378,7 +378,7 @@ async def test_a_bad_page_fails_alone(make_harness: Callable[..., Harness]) -> N
     result = outcome.result
     assert result.status is DocumentStatus.FAILED
     assert result.error_code == "PAGE_FAILED"
-    assert [(p.page_number, p.status) for p in result.pages] == [
+    assert [(p.page_number, p.status.value) for p in result.pages] == [
         (1, "OK"),
         (2, "FAILED"),
         (3, "OK"),
@@ -602,7 +602,7 @@ async def test_an_engine_bug_that_leaves_it_healthy_fails_only_that_page() -> No
     req = request(image=multipage_tiff([(10, 10)] * 3), content_type="image/tiff")
     outcome = await harness.recognize(record(req.encode()))
     pages = outcome.result.pages
-    assert [(p.status, p.error_code) for p in pages] == [
+    assert [(p.status.value, p.error_code) for p in pages] == [
         ("OK", None),
         ("FAILED", "INTERNAL_ERROR"),
         ("OK", None),

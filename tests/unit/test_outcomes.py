@@ -20,7 +20,7 @@ from consumers.outcomes import (
     fallback_document_id,
 )
 from producers.results import dead_letter_key, result_key
-from schemas import DeadLetter, DocumentStatus, OcrResult, PageText
+from schemas import DocumentStatus, OcrDeadLetter, OcrPage, OcrResult, PageStatus
 from tests.support.records import consumer_record, sender_request
 
 MIB = 1024 * 1024
@@ -44,8 +44,8 @@ def builder(max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> OutcomeBuilder:
     return OutcomeBuilder("fake", "fake-model", "w-1", max_record_bytes)
 
 
-def pages(*texts: str) -> list[PageText]:
-    return [PageText(n, "OK", t, token_count=3) for n, t in enumerate(texts, 1)]
+def pages(*texts: str) -> list[OcrPage]:
+    return [OcrPage(n, PageStatus.OK, t, token_count=3) for n, t in enumerate(texts, 1)]
 
 
 def producer_bytes(value: bytes, key: bytes | None) -> int:
@@ -60,10 +60,10 @@ def assert_result_fits(result: OcrResult, limit: int) -> None:
     assert replace(decoded, completed_at=result.completed_at) == result
 
 
-def assert_letter_fits(letter: DeadLetter, limit: int) -> None:
+def assert_letter_fits(letter: OcrDeadLetter, limit: int) -> None:
     raw = letter.encode()
     assert producer_bytes(raw, dead_letter_key(letter)) <= limit
-    decoded = DeadLetter.decode(raw)
+    decoded = OcrDeadLetter.decode(raw)
     assert replace(decoded, failed_at=letter.failed_at) == letter
 
 
@@ -175,7 +175,7 @@ def test_echoed_fields_go_in_order_until_the_result_fits() -> None:
     assert_result_fits(outcome.result, SMALL_LIMIT)
 
 
-def _letter_for_value(size: int) -> DeadLetter:
+def _letter_for_value(size: int) -> OcrDeadLetter:
     req = request()
     letter = (
         builder(SMALL_LIMIT)

@@ -9,7 +9,7 @@ from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 
 from producers.progress import ProgressSender
 from producers.results import ResultPublisher
-from schemas import PageProgress, PageText
+from schemas import OcrPage, OcrProgress, PageStatus
 from tests.support.records import png_request
 
 
@@ -43,17 +43,17 @@ async def test_a_refused_progress_event_is_counted_and_forgotten(
 ) -> None:
     producer = RefusingProducer(raise_now=raise_now)
     send = sender(producer)
-    page = PageText(page_number=2, status="OK", text="환자 이름 비밀")
+    page = OcrPage(page_number=2, status=PageStatus.OK, text="환자 이름 비밀")
     await send(png_request("doc"), page, 3)  # never raises
     await asyncio.sleep(0)  # the delivery callback runs
     assert send.failures == 1
     assert "page 2 not delivered" in caplog.text
     assert "비밀" not in caplog.text  # no text in the log
     if not raise_now:
-        assert PageProgress.decode(producer.sent[0]).page_count == 3
+        assert OcrProgress.decode(producer.sent[0]).page_count == 3
 
 
 async def test_a_single_page_document_sends_no_progress() -> None:
     producer = RefusingProducer(raise_now=False)
-    await sender(producer)(png_request("doc"), PageText(1, "OK", "x"), 1)
+    await sender(producer)(png_request("doc"), OcrPage(1, PageStatus.OK, "x"), 1)
     assert producer.sent == []
