@@ -16,7 +16,6 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from consumers.broker import EmbeddedBroker, default_log_path, ensure_topics
 from consumers.errors import ConfigurationError, FatalError
 from consumers.logs import limit_broker_outage_logs
 from consumers.settings import KafkaSettings, Settings
@@ -113,6 +112,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _broker(args: argparse.Namespace, settings: Settings) -> int:
+    from consumers.local.broker import EmbeddedBroker, default_log_path, ensure_topics
+
     embedded = EmbeddedBroker(
         args.host, args.port, log_path=args.log_file or default_log_path(args.port)
     )
@@ -172,7 +173,7 @@ async def _publish(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    from consumers.demo import run_demo
+    from consumers.local.demo import run_demo
 
     return await run_demo(settings)
 

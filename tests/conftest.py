@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from consumers.broker import EmbeddedBroker, ensure_topics
+from consumers.local.broker import EmbeddedBroker, ensure_topics
 from consumers.settings import Settings
 from producers.kafka import EMBEDDED_BROKER_FETCH_MAX_WAIT_MS
 

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from consumers.broker import EmbeddedBroker, ensure_topics
+from consumers.local.broker import EmbeddedBroker, ensure_topics
 from consumers.settings import Settings
 from producers.kafka import EMBEDDED_BROKER_FETCH_MAX_WAIT_MS
 from schemas import OcrDeadLetter, OcrResult

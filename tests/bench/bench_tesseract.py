@@ -148,8 +148,8 @@ async def run_engine(
 
 async def run_pipeline(cases: Sequence[DocumentCase], settings: Settings) -> RunResult:
     """Embedded broker, ``medocr publish``'s library API and the worker, to the end."""
-    from consumers.broker import EmbeddedBroker, ensure_topics
-    from consumers.demo import demo_settings
+    from consumers.local.broker import EmbeddedBroker, ensure_topics
+    from consumers.local.demo import demo_settings
     from consumers.runner import run_worker
     from producers.cli import PublishOptions, publish_command
     from producers.publisher import RequestOptions

@@ -26,7 +26,7 @@ from pathlib import Path
 # Runnable as a script: the repository root holds consumers/, producers/ and tests/.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from consumers.broker import EmbeddedBroker
+from consumers.local.broker import EmbeddedBroker
 from tests.bench.bench_bombs import (
     Arrival,
     OutputReader,

@@ -23,8 +23,8 @@ import httpx
 import pytest
 import yaml
 
-from consumers.broker import free_port
-from consumers.demo import sample_scans
+from consumers.local.broker import free_port
+from consumers.local.demo import sample_scans
 from producers.kafka import EMBEDDED_BROKER_FETCH_MAX_WAIT_MS
 from tests.deploy.tools import DEPLOY, REPO
 

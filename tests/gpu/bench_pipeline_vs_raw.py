@@ -51,7 +51,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from consumers.broker import free_port
+from consumers.local.broker import free_port
 from consumers.settings import DEFAULT_PROMPT, KafkaSettings, VllmSettings
 from producers.kafka import EMBEDDED_BROKER_FETCH_MAX_WAIT_MS
 from tests.gpu.doc_pages import write_pages

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from consumers.broker import EmbeddedBroker, ensure_topics
 from consumers.errors import ConfigurationError
+from consumers.local.broker import EmbeddedBroker, ensure_topics
 
 pytestmark = pytest.mark.integration
 

@@ -8,9 +8,9 @@ import asyncio
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from consumers.broker import ensure_topics
-from consumers.demo import sample_scans
 from consumers.engines.fake import FakeEngine
+from consumers.local.broker import ensure_topics
+from consumers.local.demo import sample_scans
 from consumers.runner import run_worker
 from consumers.settings import Settings
 from producers.publisher import RequestOptions, build_request

@@ -11,8 +11,8 @@ from contextlib import asynccontextmanager
 import httpx
 import pytest
 
-from consumers.broker import free_port
 from consumers.engines.fake import FakeEngine
+from consumers.local.broker import free_port
 from consumers.settings import Settings
 from tests.support.kafka import publish_requests, read_outputs
 from tests.support.records import png_request

@@ -10,7 +10,7 @@ import time
 import pytest
 from PIL import Image
 
-from consumers.demo import sample_scans
+from consumers.local.demo import sample_scans
 from consumers.settings import Settings
 from producers.publisher import RequestOptions, build_request
 from tests.support.kafka import publish_requests, read_outputs

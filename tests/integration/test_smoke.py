@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from consumers.demo import sample_scans
 from consumers.engines.fake import FakeEngine
+from consumers.local.demo import sample_scans
 from consumers.settings import Settings
 from producers.publisher import RequestOptions, build_request
 from tests.support.kafka import publish_requests, read_outputs

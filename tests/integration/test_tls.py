@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from consumers.broker import ensure_topics, free_port
-from consumers.demo import sample_scans
+from consumers.local.broker import ensure_topics, free_port
+from consumers.local.demo import sample_scans
 from consumers.settings import Settings
 from tests.support.tls import Authority, TlsBroker, make_authority, tls_broker
 from tests.support.workers import WorkerProcess, worker_env

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from consumers.cer import (
+from consumers.local.cer import (
     PageScore,
     levenshtein,
     micro_cer,

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from consumers.broker import EmbeddedBroker, free_port
+from consumers.local.broker import EmbeddedBroker, free_port
 
 
 @dataclass(frozen=True)

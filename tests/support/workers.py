@@ -15,8 +15,8 @@ from pathlib import Path
 
 import httpx
 
-from consumers.broker import free_port
 from consumers.engines import OcrEngine
+from consumers.local.broker import free_port
 from consumers.runner import run_worker
 from consumers.settings import Settings
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from consumers.broker import LogDrain
+from consumers.local.broker import LogDrain
 
 
 def drain_bytes(path: Path, chunks: list[bytes], max_bytes: int) -> LogDrain:

@@ -13,8 +13,8 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from consumers.broker import EmbeddedBroker, ensure_topics, free_port
-from consumers.cer import micro_cer, score_page
+from consumers.local.broker import EmbeddedBroker, ensure_topics, free_port
+from consumers.local.cer import micro_cer, score_page
 from consumers.runner import run_worker
 from consumers.settings import Settings
 from producers.kafka import EMBEDDED_BROKER_FETCH_MAX_WAIT_MS
