@@ -56,6 +56,10 @@ T = TypeVar("T")
 # the first page it gets) and later ones follow at the same rate.
 DECODE_CONCURRENCY = 4
 
+# A file:// read, and a document's decoding, that take longer are abandoned.
+URI_READ_TIMEOUT_S = 10.0
+DECODE_TIMEOUT_S = 60.0
+
 PageCallback = Callable[[OcrRequest, OcrPage, int], Awaitable[None]]
 DocumentOpener = Callable[[bytes, ImageLimits], DecodedDocument]  # INPUTS.open
 
@@ -68,8 +72,8 @@ class RecognizerOptions:
     default_max_tokens: int
     retry: RetryPolicy
     request_limits: RequestLimits = field(default_factory=RequestLimits)
-    uri_read_timeout_s: float = 10.0
-    decode_timeout_s: float = 60.0
+    uri_read_timeout_s: float = URI_READ_TIMEOUT_S
+    decode_timeout_s: float = DECODE_TIMEOUT_S
 
 
 @dataclass

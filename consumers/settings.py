@@ -35,8 +35,10 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from consumers.documents import DECODE_TIMEOUT_S, URI_READ_TIMEOUT_S
 from consumers.inputs import ImageLimits
 from consumers.intake import RequestLimits
+from consumers.retry import RetryPolicy
 from producers.kafka import (
     FETCH_MAX_WAIT_MS,
     MAX_DOCUMENT_BYTES,
@@ -52,6 +54,7 @@ DEFAULT_PROMPT = "이 의료 문서의 모든 텍스트를 정확하게 추출�
 _TOPICS = Topics()
 _IMAGES = ImageLimits()
 _REQUESTS = RequestLimits()
+_RETRY = RetryPolicy()
 
 
 def _env(name: str) -> AliasChoices:
@@ -156,12 +159,12 @@ class LimitSettings(_Group):
     )
     # A document whose pages take longer to decode fails (the decode is abandoned).
     decode_timeout_s: float = Field(
-        60.0, gt=0, validation_alias=_env("OCR_DECODE_TIMEOUT_S")
+        DECODE_TIMEOUT_S, gt=0, validation_alias=_env("OCR_DECODE_TIMEOUT_S")
     )
     # file:// image URIs are read only below these folders (comma separated); empty = refused.
     file_uri_roots: str = Field("", validation_alias=_env("OCR_FILE_URI_ROOTS"))
     uri_read_timeout_s: float = Field(
-        10.0, gt=0, validation_alias=_env("OCR_URI_READ_TIMEOUT_S")
+        URI_READ_TIMEOUT_S, gt=0, validation_alias=_env("OCR_URI_READ_TIMEOUT_S")
     )
     # What a request may carry; more is INVALID_REQUEST before any work is done.
     max_id_chars: int = Field(
@@ -216,9 +219,11 @@ class BatchSettings(_Group):
     max_inflight_pages: int = Field(
         0, ge=0, validation_alias=_env("OCR_MAX_INFLIGHT_PAGES")
     )
-    retry_attempts: int = Field(4, ge=1, validation_alias=_env("OCR_RETRY_ATTEMPTS"))
+    retry_attempts: int = Field(
+        _RETRY.attempts, ge=1, validation_alias=_env("OCR_RETRY_ATTEMPTS")
+    )
     retry_backoff_max_s: float = Field(
-        10.0, gt=0, validation_alias=_env("OCR_RETRY_BACKOFF_MAX_S")
+        _RETRY.max_s, gt=0, validation_alias=_env("OCR_RETRY_BACKOFF_MAX_S")
     )
     drain_timeout_s: float = Field(
         60.0, gt=0, validation_alias=_env("OCR_DRAIN_TIMEOUT_S")
