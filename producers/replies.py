@@ -42,7 +42,7 @@ class ReplyReaderError(ReplyError):
 
 
 class ReplyClosedError(ReplyError):
-    pass
+    """The client was closed while the reply was pending."""
 
 
 class Reply:
@@ -67,15 +67,11 @@ class Reply:
 
     async def result(self, timeout_s: float | None = None) -> OcrResult:
         """The document's result; ``ReplyTimeoutError`` leaves the reply pending."""
-        if self.done():
-            pass
-        elif timeout_s is None:
-            await self._done.wait()
-        else:
+        if not self.done():
             try:
                 await asyncio.wait_for(self._done.wait(), timeout_s)
-            except TimeoutError:
-                raise ReplyTimeoutError(self.document_id, timeout_s) from None
+            except TimeoutError:  # only ever with a timeout
+                raise ReplyTimeoutError(self.document_id, timeout_s or 0.0) from None
         if isinstance(self._outcome, OcrResult):
             return self._outcome
         assert self._outcome is not None  # noqa: S101 - set before _done
