@@ -68,7 +68,8 @@ class PageBudget:
         if self.room() > 0:
             return
         try:
-            await asyncio.wait_for(self._changed.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):  # not wait_for: see threads.py
+                await self._changed.wait()
         except TimeoutError:
             return
 

@@ -40,8 +40,11 @@ async def run_abandonable(
     # an abandoned call's late exception is nobody's to read: no "never retrieved" noise
     future.add_done_callback(lambda done: done.cancelled() or done.exception())
     threading.Thread(target=target, name=name, daemon=True).start()
-    # shield: a timeout or cancel must not cancel the future the thread will settle
-    return await asyncio.wait_for(asyncio.shield(future), timeout_s)
+    # shield: a timeout or cancel must not cancel the future the thread will settle.
+    # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation
+    # that arrives as the future completes, and the cancelled record would go on.
+    async with asyncio.timeout(timeout_s):
+        return await asyncio.shield(future)
 
 
 def _call_soon(

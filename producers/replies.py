@@ -69,7 +69,8 @@ class Reply:
         """The document's result; ``ReplyTimeoutError`` leaves the reply pending."""
         if not self.done():
             try:
-                await asyncio.wait_for(self._done.wait(), timeout_s)
+                async with asyncio.timeout(timeout_s):  # wait_for may swallow a cancel
+                    await self._done.wait()
             except TimeoutError:  # only ever with a timeout
                 raise ReplyTimeoutError(self.document_id, timeout_s or 0.0) from None
         if isinstance(self._outcome, OcrResult):

@@ -267,7 +267,8 @@ class TesseractEngine:
         self._running.add(proc)
         try:
             communicate = proc.communicate(prepared.pgm)
-            stdout, stderr = await asyncio.wait_for(communicate, timeout_s)
+            async with asyncio.timeout(timeout_s):  # not wait_for: see threads.py
+                stdout, stderr = await communicate
         except TimeoutError:
             raise PageFailedError(
                 f"tesseract did not finish page {page.page_number} "
