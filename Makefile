@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT    := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 
-.PHONY: demo test unit lint bench venv tesseract promtool stunnel clean
+.PHONY: demo test unit lint bench bench-inputs venv tesseract promtool stunnel poppler clean
 
 demo: venv tesseract
 	$(BIN)/medocr demo
@@ -24,6 +24,11 @@ lint: venv
 
 bench: venv tesseract
 	$(BIN)/python tests/bench/bench_tesseract.py
+
+# PDF rendering against poppler's pdftoppm, lock against process pool; DICOM decode ms/page.
+bench-inputs: venv poppler
+	$(BIN)/python tests/bench/bench_pdf.py
+	$(BIN)/python tests/bench/bench_dicom.py
 
 venv: $(VENV)/.installed
 
@@ -52,6 +57,13 @@ stunnel:
 	@if ! command -v stunnel4 >/dev/null || ! command -v openssl >/dev/null; then \
 		echo "installing stunnel4 and openssl with apt-get"; \
 		$(APT) update -qq && $(APT) install -y -qq stunnel4 openssl >/dev/null; \
+	fi
+
+# pdftoppm, the peer of tests/bench/bench_pdf.py.
+poppler:
+	@if ! command -v pdftoppm >/dev/null; then \
+		echo "installing poppler-utils (pdftoppm) with apt-get"; \
+		$(APT) update -qq && $(APT) install -y -qq poppler-utils >/dev/null; \
 	fi
 
 clean:

@@ -17,27 +17,35 @@ class PageBudget:
     ahead of new records: ``room()`` leaves their places out. A page gives its place
     back (``release``) once the engine is done with it; nothing that holds a place
     waits for another one, so the budget cannot deadlock.
+
+    ``used`` is the one count of pages in flight (the ``ocr_inflight_pages`` gauge reads
+    it); a record's ``PagePlaces`` only remembers its share, to give it all back.
     """
 
     def __init__(self, limit: int) -> None:
         if limit < 1:
             raise ValueError("the page budget needs a limit of at least 1")
         self.limit = limit
-        self.used = 0
+        self._used = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._changed = asyncio.Event()
 
+    @property
+    def used(self) -> int:
+        """Pages in flight: places taken and not yet given back."""
+        return self._used
+
     def room(self) -> int:
         """Places for new records: free places not promised to waiting pages."""
-        return max(self.limit - self.used - len(self._waiters), 0)
+        return max(self.limit - self._used - len(self._waiters), 0)
 
     def reserve(self, pages: int) -> None:
-        self.used += pages
+        self._used += pages
 
     async def acquire(self) -> None:
         """Wait for one place, first come first served."""
-        if not self._waiters and self.used < self.limit:
-            self.used += 1
+        if not self._waiters and self._used < self.limit:
+            self._used += 1
             return
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
@@ -52,15 +60,15 @@ class PageBudget:
             raise
 
     def release(self, pages: int) -> None:
-        self.used -= pages
+        self._used -= pages
         self._wake()
         self._changed.set()
 
     def _wake(self) -> None:
-        while self._waiters and self.used < self.limit:
+        while self._waiters and self._used < self.limit:
             waiter = self._waiters.popleft()
             if not waiter.done():
-                self.used += 1
+                self._used += 1
                 waiter.set_result(None)
 
     async def wait_for_room(self, timeout_s: float) -> None:

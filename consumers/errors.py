@@ -13,6 +13,11 @@
     │   ├── DocumentTooLargeError       DOCUMENT_TOO_LARGE
     │   ├── UnsupportedFormatError      UNSUPPORTED_FORMAT
     │   ├── UnreadableImageError        UNREADABLE_IMAGE
+    │   ├── UnreadableDocumentError     UNREADABLE_DOCUMENT (a PDF or DICOM structure)
+    │   ├── EncryptedDocumentError      PDF_ENCRYPTED
+    │   ├── UnsupportedTransferSyntaxError  UNSUPPORTED_TRANSFER_SYNTAX (DICOM)
+    │   ├── NoImageDataError            NO_IMAGE_DATA (DICOM without pixels or a document)
+    │   ├── NoTextLayerError            NO_TEXT_LAYER (OCR_PDF_TEXT_LAYER=only, a page without)
     │   ├── PixelLimitError             PIXEL_LIMIT
     │   ├── TooManyPagesError           TOO_MANY_PAGES
     │   ├── ImageUriError               IMAGE_URI
@@ -79,6 +84,36 @@ class UnsupportedFormatError(PoisonRecordError):
 
 class UnreadableImageError(PoisonRecordError):
     error_code = "UNREADABLE_IMAGE"
+
+
+class UnreadableDocumentError(PoisonRecordError):
+    """A PDF or DICOM file whose structure cannot be read (truncated, broken xref...)."""
+
+    error_code = "UNREADABLE_DOCUMENT"
+
+
+class EncryptedDocumentError(PoisonRecordError):
+    """A PDF that needs a password (or is encrypted at all)."""
+
+    error_code = "PDF_ENCRYPTED"
+
+
+class UnsupportedTransferSyntaxError(PoisonRecordError):
+    """DICOM pixel data in a transfer syntax no installed decoder reads."""
+
+    error_code = "UNSUPPORTED_TRANSFER_SYNTAX"
+
+
+class NoImageDataError(PoisonRecordError):
+    """A DICOM object with neither pixel data nor an encapsulated document (SR, RT...)."""
+
+    error_code = "NO_IMAGE_DATA"
+
+
+class NoTextLayerError(PoisonRecordError):
+    """OCR_PDF_TEXT_LAYER=only and the page has no usable text layer."""
+
+    error_code = "NO_TEXT_LAYER"
 
 
 class PixelLimitError(PoisonRecordError):

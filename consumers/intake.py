@@ -13,13 +13,16 @@ from dataclasses import dataclass
 from aiokafka.structs import ConsumerRecord
 
 from consumers.errors import InvalidRequestError, UndecodableRecordError
-from schemas import CodecError, OcrRequest
+from schemas import AvroSerde, CodecError, OcrRequest, SerdeContext
 from schemas.content_types import SUPPORTED_TYPES
 
 # Unicode categories no identifier may contain: control (NUL, ESC of ANSI escapes),
 # format (bidirectional overrides), surrogates, private use, unassigned, and the
 # line and paragraph separators.
 _UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+# What decode_request reads with unless given the worker's serde (single-object).
+_SERDE = AvroSerde()
 
 
 @dataclass(frozen=True)
@@ -30,11 +33,12 @@ class RequestLimits:
     max_prompt_bytes: int = 16 * 1024
 
 
-def decode_request(msg: ConsumerRecord) -> OcrRequest:
+def decode_request(msg: ConsumerRecord, serde: AvroSerde = _SERDE) -> OcrRequest:
+    """The request in ``msg``'s value, read as from ``msg.topic``."""
     if msg.value is None:
         raise UndecodableRecordError("record has no value (tombstone)")
     try:
-        return OcrRequest.decode(msg.value)
+        return serde.deserialize(OcrRequest, msg.value, SerdeContext(msg.topic))
     except CodecError as exc:
         raise UndecodableRecordError(str(exc)) from exc
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeAlias, TypeVar
 
@@ -38,7 +38,7 @@ from consumers.errors import (
     error_code,
 )
 from producers.kafka import MAX_DOCUMENT_BYTES, max_record_bytes
-from producers.results import dead_letter_key, result_key
+from producers.results import ResultEncoder, dead_letter_key, result_key
 from schemas import DocumentStatus, OcrDeadLetter, OcrPage, OcrRequest, OcrResult
 from schemas.records import FORM_FEED, RecordHeader, utc_now
 
@@ -58,8 +58,16 @@ UTF8_MAX_BYTES_PER_CHAR = 4
 MAX_ERROR_MESSAGE_CHARS = 1024
 
 # What a too-large record leaves out, in this order, until it fits.
-RESULT_ECHOES = ("attributes", "correlation_id", "source_system")
+RESULT_ECHOES = ("attributes", "source_attributes", "correlation_id", "source_system")
 DEAD_LETTER_DROPS = ("value", "headers", "key")
+
+
+@dataclass(frozen=True)
+class DocumentSource:
+    """What the scan was: its content type and (DICOM) its allow-listed identifiers."""
+
+    format: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)  # PHI: the result only
 
 
 @dataclass(frozen=True)
@@ -75,13 +83,15 @@ def where(msg: Msg) -> str:
 @dataclass(frozen=True)
 class OutcomeBuilder:
     """Builds results and dead letters stamped with this worker's engine and id, each
-    under ``max_record_bytes`` (the producer's ``max_request_size``)."""
+    under ``max_record_bytes`` (the producer's ``max_request_size``) as ``encoder``
+    writes them: the publisher's (``ResultPublisher.encoder``)."""
 
     engine: str
     model: str
     worker_id: str
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
     max_id_chars: int = MAX_ID_CHARS
+    encoder: ResultEncoder = field(default_factory=ResultEncoder)
 
     def __post_init__(self) -> None:
         if self.max_record_bytes < MIN_RECORD_BYTES:
@@ -99,9 +109,10 @@ class OutcomeBuilder:
         digest: str | None,
         exc: BaseException,
         started: float,
+        source: DocumentSource | None = None,
     ) -> Outcome:
         """The whole record failed before any page was read."""
-        return self._failure(msg, request, digest, started, exc, [])
+        return self._failure(msg, request, digest, started, exc, [], source)
 
     def finished(
         self,
@@ -110,14 +121,15 @@ class OutcomeBuilder:
         digest: str | None,
         pages: list[OcrPage],
         started: float,
+        source: DocumentSource | None = None,
     ) -> Outcome:
         """Every page was tried; the record failed if any page did."""
         failed = [p for p in pages if p.status is PageStatus.FAILED]
         if failed:
             numbers = ", ".join(str(p.page_number) for p in failed)
             exc = PageFailedError(f"pages {numbers} failed")
-            return self._failure(msg, request, digest, started, exc, pages)
-        result = self._result(msg, request, digest, started, pages, None)
+            return self._failure(msg, request, digest, started, exc, pages, source)
+        result = self._result(msg, request, digest, started, pages, None, source)
         fitted, fits = self._fit_result(result)
         if fits:
             return Outcome(fitted)
@@ -131,9 +143,10 @@ class OutcomeBuilder:
         started: float,
         exc: BaseException,
         pages: list[OcrPage],
+        source: DocumentSource | None = None,
     ) -> Outcome:
         """A FAILED result and the dead letter that goes with it."""
-        result = self._result(msg, request, digest, started, pages, exc)
+        result = self._result(msg, request, digest, started, pages, exc, source)
         fitted, fits = self._fit_result(result)
         if not fits and request is not None:  # without pages it always fits
             return self._too_large(msg, request, digest, result, started)
@@ -157,6 +170,8 @@ class OutcomeBuilder:
             result,
             page_count=whole.page_count,
             token_count=whole.token_count,
+            source_format=whole.source_format,
+            source_attributes=whole.source_attributes,
             omitted_fields=[*result.omitted_fields, "text", "pages"],
         )
         fitted, _ = self._fit_result(result)
@@ -170,8 +185,10 @@ class OutcomeBuilder:
         started: float,
         pages: list[OcrPage],
         error: BaseException | None,
+        source: DocumentSource | None = None,
     ) -> OcrResult:
         """The result of the record: OK without ``error``, else FAILED with it."""
+        source = source or DocumentSource()
         completed = utc_now()
         submitted = request.submitted_at if request else None
         document_id, omitted = self._document_id(msg, request)
@@ -198,6 +215,8 @@ class OutcomeBuilder:
             source_partition=msg.partition,
             source_offset=msg.offset,
             worker_id=self.worker_id,
+            source_format=source.format,
+            source_attributes=dict(source.attributes),
             omitted_fields=omitted,
         )
 
@@ -226,7 +245,7 @@ class OutcomeBuilder:
         ):
             letter = omit(letter, "key")
         for name in DEAD_LETTER_DROPS:
-            if self._fits(letter.encode(), dead_letter_key(letter)):
+            if self._fits(self.encoder.dead_letter(letter), dead_letter_key(letter)):
                 break
             letter = omit(letter, name)
         return letter
@@ -255,7 +274,7 @@ class OutcomeBuilder:
         return result, fits
 
     def _fits_result(self, result: OcrResult) -> bool:
-        return self._fits(result.encode(), result_key(result))
+        return self._fits(self.encoder.result(result), result_key(result))
 
     def _fits(self, value: bytes, key: bytes | None) -> bool:
         size = len(value) + len(key or b"") + RECORD_OVERHEAD_BYTES

@@ -17,19 +17,20 @@ from consumers.engines import OcrEngine, build_engine
 from consumers.errors import ConfigurationError
 from consumers.metrics import WorkerMetrics
 from consumers.outcomes import OutcomeBuilder
+from consumers.recognition import PageOptions, PageRecognizer
 from consumers.retry import RetryPolicy
 from consumers.settings import Settings
 from consumers.sidecar import SidecarServer, build_sidecar
 from consumers.state import WorkerState
-from consumers.worker import LoopOptions, OcrWorker
+from consumers.worker import OcrWorker
 from producers.kafka import (
-    OFFSET_RESET,
     build_producer,
     build_worker_consumer,
     max_record_bytes,
 )
 from producers.progress import ProgressSender
 from producers.results import ResultPublisher
+from schemas import AvroSerde
 
 log = logging.getLogger(__name__)
 
@@ -111,22 +112,31 @@ async def _consume(
         result_topic=kafka.result_topic,
         dlq_topic=kafka.dlq_topic,
         progress_topic=kafka.progress_topic,
+        serde=AvroSerde(),
     )
     budget = PageBudget(batch.max_inflight_pages or engine.capacity())
     retry = RetryPolicy(attempts=batch.retry_attempts, max_s=batch.retry_backoff_max_s)
     limits = settings.limits
-    recognizer = DocumentRecognizer(
+    pages = PageRecognizer(
         engine,
         metrics,
-        RecognizerOptions(
-            limits=limits.image_limits(),
-            uri_roots=limits.uri_roots(),
+        PageOptions(
             default_prompt=settings.prompt,
             default_max_tokens=settings.vllm.default_max_tokens,
             retry=retry,
+        ),
+        state=state,
+        on_page=ProgressSender(publisher) if batch.publish_progress else None,
+    )
+    recognizer = DocumentRecognizer(
+        pages,
+        RecognizerOptions(
+            limits=settings.image_limits(),
+            uri_roots=limits.uri_roots(),
             request_limits=limits.request_limits(),
             uri_read_timeout_s=limits.uri_read_timeout_s,
             decode_timeout_s=limits.decode_timeout_s,
+            text_layer=limits.pdf_text_layer,
         ),
         OutcomeBuilder(
             engine=engine.name,
@@ -134,9 +144,8 @@ async def _consume(
             worker_id=f"{socket.gethostname()}:{os.getpid()}",
             max_record_bytes=max_record_bytes(limits.max_document_bytes),
             max_id_chars=limits.max_id_chars,
+            encoder=publisher.encoder,
         ),
-        state=state,
-        on_page=ProgressSender(publisher) if batch.publish_progress else None,
     )
     consumer = build_consumer(settings)
     worker = OcrWorker(
@@ -146,12 +155,7 @@ async def _consume(
         budget,
         metrics,
         state,
-        options=LoopOptions(
-            max_records=batch.max_records,
-            max_wait_ms=batch.max_wait_ms,
-            drain_timeout_s=batch.drain_timeout_s,
-            offset_reset=OFFSET_RESET,
-        ),
+        options=batch.loop_options(),
         publish_retry=retry,
     )
     consumer.subscribe([kafka.input_topic], listener=worker.rebalance_listener())

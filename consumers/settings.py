@@ -39,6 +39,8 @@ from consumers.documents import DECODE_TIMEOUT_S, URI_READ_TIMEOUT_S
 from consumers.inputs import ImageLimits
 from consumers.intake import RequestLimits
 from consumers.retry import RetryPolicy
+from consumers.state import DEFAULT_STALL_TIMEOUT_S
+from consumers.worker import LoopOptions
 from producers.kafka import (
     FETCH_MAX_WAIT_MS,
     MAX_DOCUMENT_BYTES,
@@ -55,6 +57,7 @@ _TOPICS = Topics()
 _IMAGES = ImageLimits()
 _REQUESTS = RequestLimits()
 _RETRY = RetryPolicy()
+_LOOP = LoopOptions()
 
 
 def _env(name: str) -> AliasChoices:
@@ -97,7 +100,7 @@ class KafkaSettings(_Group):
     result_topic: str = Field(
         _TOPICS.results, validation_alias=_env("OCR_RESULT_TOPIC")
     )
-    dlq_topic: str = Field("ocr.requests.dlq", validation_alias=_env("OCR_DLQ_TOPIC"))
+    dlq_topic: str = Field(_TOPICS.dead_letters, validation_alias=_env("OCR_DLQ_TOPIC"))
     progress_topic: str = Field(
         _TOPICS.progress, validation_alias=_env("OCR_PROGRESS_TOPIC")
     )
@@ -184,14 +187,32 @@ class LimitSettings(_Group):
         validation_alias=_env("OCR_MAX_PROMPT_BYTES"),
     )
 
-    def image_limits(self) -> ImageLimits:
-        """What a scan may be: checked from its headers, then page by page."""
+    # A PDF page with a usable text layer (born-digital): auto = take it instead of OCR,
+    # never = always OCR, only = never OCR (a page without one fails: NO_TEXT_LAYER).
+    pdf_text_layer: Literal["auto", "never", "only"] = Field(
+        "auto", validation_alias=_env("OCR_PDF_TEXT_LAYER")
+    )
+    # DICOM attributes copied into the result (comma-separated keywords; PHI).
+    dicom_attributes: str = Field(
+        ",".join(_IMAGES.dicom_attributes),
+        validation_alias=_env("OCR_DICOM_ATTRIBUTES"),
+    )
+
+    def image_limits(self, render_max_pixels: int = 0) -> ImageLimits:
+        """What a scan may be: checked from its headers, then page by page. A PDF page
+        is drawn with at most ``render_max_pixels`` (the engine's bound; 0: none)."""
         return ImageLimits(
             max_document_bytes=self.max_document_bytes,
             max_pages=self.max_pages,
             max_pixels=self.max_pixels,
             max_side_px=self.max_side_px,
             max_document_pixels=self.max_document_pixels,
+            render_max_pixels=render_max_pixels,
+            dicom_attributes=tuple(
+                name.strip()
+                for name in self.dicom_attributes.split(",")
+                if name.strip()
+            ),
         )
 
     def request_limits(self) -> RequestLimits:
@@ -213,8 +234,12 @@ class LimitSettings(_Group):
 
 
 class BatchSettings(_Group):
-    max_records: int = Field(16, ge=1, validation_alias=_env("OCR_BATCH_MAX_RECORDS"))
-    max_wait_ms: int = Field(200, ge=0, validation_alias=_env("OCR_BATCH_MAX_WAIT_MS"))
+    max_records: int = Field(
+        _LOOP.max_records, ge=1, validation_alias=_env("OCR_BATCH_MAX_RECORDS")
+    )
+    max_wait_ms: int = Field(
+        _LOOP.max_wait_ms, ge=0, validation_alias=_env("OCR_BATCH_MAX_WAIT_MS")
+    )
     # 0 = let the engine say how many pages it can hold at once.
     max_inflight_pages: int = Field(
         0, ge=0, validation_alias=_env("OCR_MAX_INFLIGHT_PAGES")
@@ -226,13 +251,21 @@ class BatchSettings(_Group):
         _RETRY.max_s, gt=0, validation_alias=_env("OCR_RETRY_BACKOFF_MAX_S")
     )
     drain_timeout_s: float = Field(
-        60.0, gt=0, validation_alias=_env("OCR_DRAIN_TIMEOUT_S")
+        _LOOP.drain_timeout_s, gt=0, validation_alias=_env("OCR_DRAIN_TIMEOUT_S")
     )
     publish_progress: bool = Field(False, validation_alias=_env("OCR_PUBLISH_PROGRESS"))
     # Records in flight and no page finished for this long: /health answers 503.
     stall_timeout_s: float = Field(
-        600.0, gt=0, validation_alias=_env("OCR_STALL_TIMEOUT_S")
+        DEFAULT_STALL_TIMEOUT_S, gt=0, validation_alias=_env("OCR_STALL_TIMEOUT_S")
     )
+
+    def loop_options(self) -> LoopOptions:
+        """How the worker's loop fetches and drains."""
+        return LoopOptions(
+            max_records=self.max_records,
+            max_wait_ms=self.max_wait_ms,
+            drain_timeout_s=self.drain_timeout_s,
+        )
 
 
 class TesseractSettings(_Group):
@@ -371,6 +404,11 @@ class Settings(BaseSettings):
             progress=progress,
             fetch_max_wait_ms=kafka.fetch_max_wait_ms,
         )
+
+    def image_limits(self) -> ImageLimits:
+        """The limits of a scan, with PDF pages drawn no larger than the engine reads."""
+        render_max_pixels = self.vllm.max_pixels if self.engine == "vllm" else 0
+        return self.limits.image_limits(render_max_pixels)
 
     def producer_options(self) -> ProducerOptions:
         """The options of every producer: the worker's, ``medocr publish``'s."""

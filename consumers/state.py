@@ -3,11 +3,16 @@
 Health is the process's own: the engine is loaded, nothing fatal happened, and work in
 flight is moving (a page or record finished within the stall timeout). Readiness adds
 what serving needs from outside: the group assignment and a reachable broker.
+
+The state counts nothing itself: the records in flight are asked of their one owner,
+the worker's task table (``OcrWorker`` wires ``count_inflight``), and pages in flight
+are the ``PageBudget``'s. What the state keeps is the stall clock.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -52,28 +57,34 @@ class HealthCheck:
         )
 
 
+def _none_in_flight() -> int:
+    return 0
+
+
 @dataclass
 class WorkerState:
     engine: OcrEngine
     stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S
     joined: bool = False
     assigned: frozenset[TopicPartition] = frozenset()
-    inflight_records: int = 0
     failure: str | None = None
     stopping: bool = False
     broker_reachable: bool = True
+    # How many records are in flight, asked of the one object that holds them (the
+    # worker's task table); a state no worker has wired sees none.
+    count_inflight: Callable[[], int] = field(default=_none_in_flight)
     # monotonic time of the last finished page or record, or of the moment work
     # arrived on an idle worker: an idle worker is never stalled
     last_progress_at: float = field(default_factory=time.monotonic)
 
-    def record_started(self) -> None:
-        if self.inflight_records == 0:
-            self.last_progress_at = time.monotonic()
-        self.inflight_records += 1
+    @property
+    def inflight_records(self) -> int:
+        return self.count_inflight()
 
-    def record_finished(self) -> None:
-        self.inflight_records -= 1
-        self.progressed()
+    def work_arrived(self) -> None:
+        """Work arrived on an idle worker: the stall clock starts now, not at the last
+        page finished before the worker went idle."""
+        self.last_progress_at = time.monotonic()
 
     def progressed(self) -> None:
         """A page or a record finished: the worker is moving."""

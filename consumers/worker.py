@@ -15,7 +15,8 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
@@ -46,20 +47,45 @@ class WorkerFailedError(FatalError):
 
 @dataclass(frozen=True)
 class LoopOptions:
-    max_records: int = 16
+    """How the loop fetches and drains; the defaults are the settings' defaults
+    (``BatchSettings`` reads them from here)."""
+
+    max_records: int = 16  # per fetch, and never more than the budget's room
     max_wait_ms: int = 200
     drain_timeout_s: float = 60.0
     broker_check_timeout_s: float = 5.0
     offset_reset: Literal["earliest", "latest"] = OFFSET_RESET  # the consumer's own
 
 
-@dataclass
-class _Inflight:
-    tasks: dict[asyncio.Task[None], TopicPartition] = field(default_factory=dict)
+class _InflightRecords:
+    """The records in flight, one task each: the one count of records in flight.
+
+    A record is in flight from its admission until its task is done, however it ended
+    (published, failed, cancelled by a drain). Drains, revokes and the burst check wait
+    on exactly these tasks, so the ``ocr_inflight_records`` gauge and the stall check
+    (``WorkerState.inflight_records``) read this table too, and no second counter can
+    drift from it. The ``OffsetTracker``'s pending offsets are not this count: a record
+    finished out of order stays pending there until every earlier one finished.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def add(self, task: asyncio.Task[None], tp: TopicPartition) -> None:
+        self._tasks[task] = tp
+
+    def discard(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
+
+    def tasks(self) -> list[asyncio.Task[None]]:
+        return list(self._tasks)
 
     def of(self, tps: Iterable[TopicPartition]) -> list[asyncio.Task[None]]:
         wanted = set(tps)
-        return [task for task, tp in self.tasks.items() if tp in wanted]
+        return [task for task, tp in self._tasks.items() if tp in wanted]
 
 
 class OcrWorker:
@@ -84,15 +110,16 @@ class OcrWorker:
         self._options = options
         self._publish_retry = publish_retry
         self._offsets = OffsetTracker()
-        self._inflight = _Inflight()
+        self._inflight = _InflightRecords()
         self._failure: BaseException | None = None
         self._paused = False
         self._next_check_at = 0.0
         self._beyond_end: dict[TopicPartition, int] = {}  # seen past the end once
         metrics.inflight_limit.set(budget.limit)
-        # the gauges read the one count each, never a mirror of it
+        # the gauges and the stall check read the one count each, never a mirror of it
         metrics.inflight_pages.set_function(lambda: budget.used)
-        metrics.inflight_records.set_function(lambda: state.inflight_records)
+        metrics.inflight_records.set_function(self._inflight.__len__)
+        state.count_inflight = self._inflight.__len__
 
     def rebalance_listener(self) -> ConsumerRebalanceListener:
         return _RebalanceListener(self)
@@ -114,12 +141,12 @@ class OcrWorker:
                     log.info("burst: input drained, stopping")
                     break
             self._state.stopping = True
-            await self._drain(list(self._inflight.tasks))
+            await self._drain(self._inflight.tasks())
             self._raise_if_failed()
             await self._commit_ready()
         except BaseException:
             self._state.stopping = True
-            await self._cancel(list(self._inflight.tasks))
+            await self._cancel(self._inflight.tasks())
             raise
 
     async def _fetch(self) -> int:
@@ -139,27 +166,22 @@ class OcrWorker:
     def _admit(self, tp: TopicPartition, msg: Msg) -> None:
         self._offsets.admit(tp, msg.offset)
         places = PagePlaces.admit(self._budget)
-        self._state.record_started()
+        if not self._inflight:
+            self._state.work_arrived()
         task = asyncio.create_task(self._handle(tp, msg, places), name=where(msg))
-        self._inflight.tasks[task] = tp
-        task.add_done_callback(self._task_done)
+        self._inflight.add(task, tp)
+        task.add_done_callback(partial(self._task_done, places))
 
     async def _handle(self, tp: TopicPartition, msg: Msg, places: PagePlaces) -> None:
-        try:
-            outcome = await self._recognizer.recognize(msg, places)
-            await retry_transient(
-                lambda: self._publish(outcome),
-                self._publish_retry,
-                what=f"{where(msg)} publish",
-                on_retry=lambda exc: self._metrics.retries.labels(
-                    reason="publish"
-                ).inc(),
-            )
-            self._offsets.finish(tp, msg.offset)
-            self._account(outcome)
-        finally:
-            places.give_all()  # a task cancelled before it ran still gives its place
-            self._state.record_finished()
+        outcome = await self._recognizer.recognize(msg, places)
+        await retry_transient(
+            lambda: self._publish(outcome),
+            self._publish_retry,
+            what=f"{where(msg)} publish",
+            on_retry=lambda exc: self._metrics.retries.labels(reason="publish").inc(),
+        )
+        self._offsets.finish(tp, msg.offset)
+        self._account(outcome)
 
     async def _publish(self, outcome: Outcome) -> None:
         try:
@@ -182,8 +204,13 @@ class OcrWorker:
         if result.end_to_end_ms is not None and result.end_to_end_ms >= 0:
             self._metrics.end_to_end_seconds.observe(result.end_to_end_ms / 1000)
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._inflight.tasks.pop(task, None)
+    def _task_done(self, places: PagePlaces, task: asyncio.Task[None]) -> None:
+        """A record's task ended, however: it leaves the table and gives its places
+        back here, not in a ``finally``, which a task cancelled before it ran never
+        enters."""
+        places.give_all()
+        self._inflight.discard(task)
+        self._state.progressed()
         if task.cancelled():
             return
         exc = task.exception()
@@ -248,7 +275,7 @@ class OcrWorker:
 
     async def _drained(self) -> bool:
         assignment = self._consumer.assignment()
-        if not self._state.joined or not assignment or self._inflight.tasks:
+        if not self._state.joined or not assignment or self._inflight:
             return False
         ends = await self._consumer.end_offsets(list(assignment))
         for tp in assignment:

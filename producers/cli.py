@@ -14,6 +14,7 @@ from producers.client import OcrClient
 from producers.publisher import RequestOptions, build_request, find_scans
 from producers.replies import Reply
 from schemas import DocumentStatus, OcrProgress, OcrRequest, OcrResult
+from schemas.content_types import FORMAT_NAMES
 
 
 class ProgressBar:
@@ -62,7 +63,7 @@ async def publish_command(
     """Exit status: 0 all published (and OK), 1 some FAILED, 2 results missing at timeout."""
     scans = find_scans(paths)
     if not scans:
-        print("no PNG, JPEG or TIFF files found", file=sys.stderr)
+        print(f"no {FORMAT_NAMES} files found", file=sys.stderr)
         return 2
     replies = await _publish(client, scans, options)
     print(

@@ -34,7 +34,7 @@ from producers.kafka import (
 )
 from producers.publisher import RequestOptions, ScanPublisher, build_request
 from producers.replies import Reply, ReplyReader
-from schemas import OcrRequest, OcrResult
+from schemas import AvroSerde, OcrRequest, OcrResult
 
 
 class OcrClient:
@@ -46,16 +46,19 @@ class OcrClient:
         *,
         progress: bool = False,
         fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
+        serde: AvroSerde | None = None,
     ) -> None:
         """``progress``: also read the progress topic, for ``Reply.events()``;
-        ``fetch_max_wait_ms``: how long the reader's fetches wait at the broker."""
+        ``fetch_max_wait_ms``: how long the reader's fetches wait at the broker;
+        ``serde``: how requests are written and results read (Avro single-object)."""
         self._client_kwargs = client_kwargs
         self._topics = topics
         self._options = producer_options or ProducerOptions()
         self._progress = progress
         self._fetch_max_wait_ms = fetch_max_wait_ms
+        self._serde = serde or AvroSerde()
         self._producer = build_producer(client_kwargs, self._options)
-        self._publisher = ScanPublisher(self._producer, topics.requests)
+        self._publisher = ScanPublisher(self._producer, topics.requests, self._serde)
         self._reader: ReplyReader | None = None
         self._reader_started = asyncio.Lock()
 
@@ -128,6 +131,7 @@ class OcrClient:
                     ),
                     self._topics.results,
                     self._topics.progress if self._progress else None,
+                    serde=self._serde,
                 )
                 try:
                     await reader.start()

@@ -36,11 +36,13 @@ WORKER_MAX_POLL_INTERVAL_MS = 600_000
 
 @dataclass(frozen=True)
 class Topics:
-    """The topic names a sender needs: where requests go, where answers come back."""
+    """The pipeline's default topic names: where requests go, where answers come back,
+    where the records that failed go."""
 
     requests: str = "ocr.requests"
     results: str = "ocr.results"
     progress: str = "ocr.progress"
+    dead_letters: str = "ocr.requests.dlq"
 
 
 @dataclass(frozen=True)

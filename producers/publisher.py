@@ -10,7 +10,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
-from schemas import OcrRequest
+from schemas import AvroSerde, OcrRequest, SerdeContext
 from schemas.content_types import HEAD_BYTES, SUFFIX_TYPES, sniff_content_type
 from schemas.records import utc_now
 
@@ -27,20 +27,30 @@ class RequestOptions:
 
 
 def find_scans(paths: Sequence[Path]) -> list[Path]:
-    """Files as given, and the scans inside folders (recursively, sorted)."""
+    """Files as given, and the scans inside folders (recursively, sorted): by suffix,
+    or by what its first bytes are for a file without one (PACS exports)."""
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
             found.extend(
-                p
-                for p in sorted(path.rglob("*"))
-                if p.is_file() and p.suffix.lower() in SUFFIX_TYPES
+                p for p in sorted(path.rglob("*")) if p.is_file() and _is_scan(p)
             )
         elif path.is_file():
             found.append(path)
         else:
             raise FileNotFoundError(f"no such file or folder: {path}")
     return found
+
+
+def _is_scan(path: Path) -> bool:
+    """A scan's suffix, or no suffix and a scan's head (HEAD_BYTES of it read)."""
+    suffix = path.suffix.lower()
+    if suffix or path.name.startswith("."):
+        return suffix in SUFFIX_TYPES
+    try:
+        return sniff_content_type(_head(path)) is not None
+    except OSError:  # unreadable: not known to be a scan
+        return False
 
 
 def content_type_of(path: Path, head: bytes) -> str:
@@ -72,13 +82,22 @@ def _head(path: Path) -> bytes:
 
 
 class ScanPublisher:
-    def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        topic: str,
+        serde: AvroSerde | None = None,
+    ) -> None:
         self._producer = producer
         self._topic = topic
+        self._serde = serde or AvroSerde()
+        self._ctx = SerdeContext(topic)
 
     async def publish(self, request: OcrRequest) -> asyncio.Future[RecordMetadata]:
         """Queue one request; the returned future resolves when the broker has it."""
         future: asyncio.Future[RecordMetadata] = await self._producer.send(
-            self._topic, request.encode(), key=request.document_id.encode()
+            self._topic,
+            self._serde.serialize(request, self._ctx),
+            key=request.document_id.encode(),
         )
         return future

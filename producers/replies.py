@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from schemas import CodecError, OcrProgress, OcrResult
+from schemas import AvroSerde, CodecError, OcrProgress, OcrResult, SerdeContext
 
 READER_TASK_NAME = "medocr-reply-reader"
 
@@ -118,8 +118,11 @@ class ReplyReader:
         consumer: AIOKafkaConsumer,
         result_topic: str,
         progress_topic: str | None = None,
+        *,
+        serde: AvroSerde | None = None,
     ) -> None:
         self._consumer = consumer
+        self._serde = serde or AvroSerde()
         self._result_topic = result_topic
         self._progress_topic = progress_topic
         self._pending: dict[str, list[Reply]] = {}
@@ -187,11 +190,12 @@ class ReplyReader:
                         self._deliver(tp.topic, msg.value)
 
     def _deliver(self, topic: str, value: bytes) -> None:
+        ctx = SerdeContext(topic)
         try:
             if topic == self._result_topic:
-                result = OcrResult.decode(value)
+                result = self._serde.deserialize(OcrResult, value, ctx)
             else:
-                progress = OcrProgress.decode(value)
+                progress = self._serde.deserialize(OcrProgress, value, ctx)
         except CodecError:
             return  # a foreign record on the topic is not ours to answer
         if topic == self._result_topic:

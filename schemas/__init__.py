@@ -1,10 +1,12 @@
-"""The wire contract: Avro schemas (``*.avsc``), their codec and typed records.
+"""The wire contract: Avro schemas (``*.avsc``), typed records and their serde.
 
-Nothing here knows about Kafka clients; producers and consumers use these to turn
-records into bytes and back.
+Records are plain data; ``AvroSerde`` turns them into bytes for a topic and back
+(``SerdeContext``): the Avro body (``schemas.avro``) inside a wire framing
+(``schemas.framing``, single-object today). Nothing here knows about Kafka clients.
 """
 
-from schemas.codec import AvroCodec, CodecError, load_codec
+from schemas.avro import AvroSchema, CodecError
+from schemas.framing import Framing, SingleObjectFraming
 from schemas.records import (
     DocumentStatus,
     OcrDeadLetter,
@@ -14,12 +16,17 @@ from schemas.records import (
     OcrResult,
     PageStatus,
     RecordHeader,
+    TextSource,
 )
+from schemas.serde import AvroRecord, AvroSerde, SerdeContext
 
 __all__ = [
-    "AvroCodec",
+    "AvroRecord",
+    "AvroSchema",
+    "AvroSerde",
     "CodecError",
     "DocumentStatus",
+    "Framing",
     "OcrDeadLetter",
     "OcrPage",
     "OcrProgress",
@@ -27,5 +34,7 @@ __all__ = [
     "OcrResult",
     "PageStatus",
     "RecordHeader",
-    "load_codec",
+    "SerdeContext",
+    "SingleObjectFraming",
+    "TextSource",
 ]

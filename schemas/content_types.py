@@ -38,6 +38,15 @@ FORMATS: tuple[ContentType, ...] = (
     ContentType("image/png", "PNG", (".png",), magic(b"\x89PNG\r\n\x1a\n")),
     ContentType("image/jpeg", "JPEG", (".jpg", ".jpeg"), magic(b"\xff\xd8\xff")),
     ContentType("image/tiff", "TIFF", (".tif", ".tiff"), magic(b"II*\x00", b"MM\x00*")),
+    ContentType("application/pdf", "PDF", (".pdf",), lambda head: b"%PDF-" in head),
+    # Part-10 files: a 128-byte preamble, then "DICM" (some writers leave the preamble
+    # out and start with "DICM"). PACS exports often have no suffix.
+    ContentType(
+        "application/dicom",
+        "DICOM",
+        (".dcm", ".dicom"),
+        lambda head: head.startswith(b"DICM", 128) or head.startswith(b"DICM"),
+    ),
 )
 
 

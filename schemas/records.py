@@ -1,7 +1,8 @@
-"""Typed records for the four schemas, with their Avro (de)serialisation.
+"""Typed records for the four schemas: plain data, and their Avro mapping.
 
-Field names match the ``.avsc`` files one to one; ``encode``/``decode`` go through the
-single-object codec of the record's schema.
+Field names match the ``.avsc`` files one to one; ``to_avro``/``from_avro`` map a record
+to and from the plain values fastavro writes and reads. Turning them into bytes is
+``schemas.serde.AvroSerde``'s business.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ import enum
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Self
-
-from schemas.codec import CodecError, load_codec
 
 FORM_FEED = "\f"
 
@@ -32,28 +31,22 @@ class PageStatus(enum.Enum):
     FAILED = "FAILED"  # no text: the page failed (error_code says why)
 
 
+class TextSource(enum.Enum):
+    OCR = "OCR"  # recognised by the engine
+    TEXT_LAYER = "TEXT_LAYER"  # the PDF page's own text layer
+
+
 class _Avro:
+    """The schema's full name and the default mapping: fields as they are."""
+
     SCHEMA: ClassVar[str]
 
     def to_avro(self) -> dict[str, Any]:
         return asdict(self)  # type: ignore[call-overload, no-any-return]
 
-    def encode(self) -> bytes:
-        return load_codec(self.SCHEMA).encode(self.to_avro())
-
     @classmethod
     def from_avro(cls, record: dict[str, Any]) -> Self:
         return cls(**record)
-
-    @classmethod
-    def decode(cls, raw: bytes) -> Self:
-        record = load_codec(cls.SCHEMA).decode(raw)
-        try:
-            return cls.from_avro(record)
-        except (TypeError, ValueError) as exc:
-            raise CodecError(
-                f"{cls.SCHEMA} record does not fit {cls.__name__}: {exc}"
-            ) from exc
 
 
 @dataclass(frozen=True)
@@ -84,6 +77,8 @@ class OcrPage:
     token_count: int = 0
     processing_time_ms: int = 0
     attempts: int = 1
+    source_page: int | None = None  # 1-based page (PDF) or frame (DICOM) of the source
+    text_source: TextSource = TextSource.OCR
 
 
 @dataclass(frozen=True)
@@ -112,6 +107,8 @@ class OcrResult(_Avro):
     source_partition: int = -1
     source_offset: int = -1
     worker_id: str = ""
+    source_format: str = ""  # the scan's content type
+    source_attributes: dict[str, str] = field(default_factory=dict)  # DICOM ids: PHI
     omitted_fields: list[str] = field(default_factory=list)
 
     def to_avro(self) -> dict[str, Any]:
@@ -119,6 +116,7 @@ class OcrResult(_Avro):
         record["status"] = self.status.value
         for page in record["pages"]:
             page["status"] = page["status"].value
+            page["text_source"] = page["text_source"].value
         return record
 
     @classmethod
@@ -126,7 +124,13 @@ class OcrResult(_Avro):
         fields = dict(record)
         fields["status"] = DocumentStatus(fields["status"])
         fields["pages"] = [
-            OcrPage(**{**page, "status": PageStatus(page["status"])})
+            OcrPage(
+                **{
+                    **page,
+                    "status": PageStatus(page["status"]),
+                    "text_source": TextSource(page.get("text_source", "OCR")),
+                }
+            )
             for page in fields.get("pages", [])
         ]
         return cls(**fields)

@@ -7,8 +7,12 @@ from typing import TYPE_CHECKING
 from consumers.engines.base import (
     EngineHealth,
     OcrEngine,
+    PageEvent,
+    PageListener,
     PageRequest,
     PageResult,
+    StreamRestarted,
+    TextDelta,
 )
 from consumers.errors import ConfigurationError
 from schemas import PageStatus
@@ -21,9 +25,13 @@ if TYPE_CHECKING:
 __all__ = [
     "EngineHealth",
     "OcrEngine",
+    "PageEvent",
+    "PageListener",
     "PageRequest",
     "PageResult",
     "PageStatus",
+    "StreamRestarted",
+    "TextDelta",
     "build_engine",
 ]
 

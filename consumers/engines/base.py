@@ -5,10 +5,16 @@ says how many pages it can usefully hold at once (the worker's in-flight limit).
 leave an engine only as ``consumers.errors`` types: ``TransientError`` for a hiccup worth
 retrying, ``PageFailedError`` for a page it can never read, ``EngineDeadError`` when the
 engine itself is gone.
+
+While it works, an engine may tell a listener what it is doing (``on_event``): text as
+it is generated (``TextDelta``), and ``StreamRestarted`` when the text so far is thrown
+away because the page starts over. The listener is called on the event loop and must
+not block; an engine does no streaming work at all when nobody listens.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -39,6 +45,26 @@ class PageResult:
 
 
 @dataclass(frozen=True)
+class TextDelta:
+    """Text generated since the previous delta; never empty."""
+
+    text: str
+    attempt: int  # 1-based; the text of one attempt is the concatenation of its deltas
+
+
+@dataclass(frozen=True)
+class StreamRestarted:
+    """The page starts over: drop the text streamed so far (``retry: stream restarts``)."""
+
+    attempt: int  # the attempt that starts now, 1-based
+    reason: str  # the dropped attempt's page status ("REPETITIVE"), or an error code
+
+
+PageEvent = TextDelta | StreamRestarted
+PageListener = Callable[[PageEvent], None]
+
+
+@dataclass(frozen=True)
 class EngineHealth:
     loaded: bool
     gpu_available: bool
@@ -58,4 +84,6 @@ class OcrEngine(Protocol):
 
     def health(self) -> EngineHealth: ...
 
-    async def recognize(self, page: PageRequest) -> PageResult: ...
+    async def recognize(
+        self, page: PageRequest, on_event: PageListener | None = None
+    ) -> PageResult: ...

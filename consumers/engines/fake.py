@@ -2,16 +2,26 @@
 (batching, commits, errors) here and in code built on medocr.
 
 It does no OCR: it reports each page's size, so tests can tell pages apart, and it can be
-told to be slow, fail transiently, fail a page for good, or die.
+told to be slow, fail transiently, fail a page for good, or die. A listener gets the
+text word by word; a page in ``restarts`` first streams a loop it then throws away, as
+an engine's quality retry does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from consumers.engines import EngineHealth, PageRequest, PageResult
+from consumers.engines import (
+    EngineHealth,
+    PageListener,
+    PageRequest,
+    PageResult,
+    StreamRestarted,
+    TextDelta,
+)
 from consumers.errors import EngineBusyError, EngineDeadError, PageFailedError
 
 
@@ -23,6 +33,7 @@ class FakeEngine:
     slow: dict[str, float] = field(default_factory=dict)  # document_id -> delay
     transient_failures: Counter[str] = field(default_factory=Counter)  # doc id -> count
     bad_pages: set[tuple[str, int]] = field(default_factory=set)
+    restarts: set[tuple[str, int]] = field(default_factory=set)  # retried once
     dead_on: set[str] = field(default_factory=set)
     gates: dict[str, asyncio.Event] = field(
         default_factory=dict
@@ -45,7 +56,9 @@ class FakeEngine:
     def health(self) -> EngineHealth:
         return EngineHealth(loaded=self.loaded, gpu_available=False)
 
-    async def recognize(self, page: PageRequest) -> PageResult:
+    async def recognize(
+        self, page: PageRequest, on_event: PageListener | None = None
+    ) -> PageResult:
         doc = page.document_id
         self.calls.append((doc, page.page_number))
         self.concurrent += 1
@@ -62,6 +75,20 @@ class FakeEngine:
             if (doc, page.page_number) in self.bad_pages:
                 raise PageFailedError("page cannot be read")
             width, height = page.image.size
-            return PageResult(text=f"{doc} p{page.page_number} {width}x{height}")
+            text = f"{doc} p{page.page_number} {width}x{height}"
+            attempts = 2 if (doc, page.page_number) in self.restarts else 1
+            if on_event is not None:
+                await _stream(text, attempts, on_event)
+            return PageResult(text=text, attempts=attempts)
         finally:
             self.concurrent -= 1
+
+
+async def _stream(text: str, attempts: int, on_event: PageListener) -> None:
+    """The text in word-sized deltas, after a looping attempt when there are two."""
+    if attempts == 2:
+        on_event(TextDelta("____ ____", attempt=1))
+        on_event(StreamRestarted(attempt=2, reason="REPETITIVE"))
+    for piece in re.findall(r"\s*\S+", text):
+        on_event(TextDelta(piece, attempt=attempts))
+        await asyncio.sleep(0)  # as a real stream does, other pages run in between

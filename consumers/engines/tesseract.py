@@ -4,7 +4,8 @@ At most ``worker_count()`` tesseract processes run at once, each limited to one 
 thread, so the processes share the cores instead of oversubscribing them. The page is
 prepared (gray, red stamps dropped, low-resolution scans cleaned, and enlarged when
 ``TESSERACT_LOW_RES_SCALE`` says so) in a thread pool so the event loop never does
-pixel work, and reaches tesseract on stdin as an uncompressed PGM.
+pixel work, and reaches tesseract on stdin as an uncompressed PGM. Tesseract prints a
+page's text only when it is done: a listener gets it as one delta.
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
-from consumers.engines.base import EngineHealth, PageRequest, PageResult
+from consumers.engines.base import (
+    EngineHealth,
+    PageListener,
+    PageRequest,
+    PageResult,
+    TextDelta,
+)
 from consumers.errors import (
     ConfigurationError,
     EngineDeadError,
@@ -217,7 +224,9 @@ class TesseractEngine:
         loaded = self._binary is not None
         return EngineHealth(loaded=loaded, gpu_available=False, detail=self.model)
 
-    async def recognize(self, page: PageRequest) -> PageResult:
+    async def recognize(
+        self, page: PageRequest, on_event: PageListener | None = None
+    ) -> PageResult:
         if self._binary is None or self._pool is None:
             raise EngineDeadError("the tesseract engine is not started")
         started = time.perf_counter()
@@ -232,6 +241,8 @@ class TesseractEngine:
         async with self._slots:
             stdout = await self._run(self._binary, prepared, page)
         text = stdout.decode("utf-8", errors="replace").replace("\f", "").strip()
+        if on_event is not None and text:
+            on_event(TextDelta(text, attempt=1))
         return PageResult(
             text=text,
             token_count=len(text.split()),

@@ -9,7 +9,14 @@ the client that speaks to vLLM and the translation of its errors at the edge:
   CUDA ``RuntimeError`` raised in this process -> ``consumers.errors.EngineDeadError``
   (fatal: the worker stops, ``/ready`` turns 503, it exits non-zero);
 - ``ValueError`` (vLLM's request validation, e.g. a prompt over the model length) and
-  ``EngineGenerateError`` while the engine still runs -> ``PageFailedError``.
+  ``EngineGenerateError`` while the engine still runs -> ``PageFailedError``;
+- a request vLLM ended unfinished (finish reason ``"error"`` or ``"abort"``) ->
+  ``EngineBusyError`` (transient, retried): ``vllm_outputs`` says why these are the only
+  transient conditions vLLM 0.26 has.
+
+Text is streamed (``RequestOutputKind.DELTA``) only for a caller that listens; every
+other request asks for ``FINAL_ONLY``, so vLLM detokenizes and sends nothing until the
+end, as before streaming existed.
 """
 
 from __future__ import annotations
@@ -31,10 +38,12 @@ from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDeadError
 from vllm.v1.engine.exceptions import EngineGenerateError
 from vllm.v1.metrics.loggers import StatLoggerBase
 
+from consumers.engines.vllm_outputs import GenerationCollector
 from consumers.engines.vllm_pages import (
     EngineMetrics,
     Generation,
     GenerationRequest,
+    TextSink,
     VllmClient,
     VllmPageEngine,
 )
@@ -149,14 +158,21 @@ class AsyncLlmClient:
     def count_tokens(self, text: str) -> int:
         return len(self._tokenizer.encode(text, add_special_tokens=False))
 
-    async def generate(self, request: GenerationRequest) -> Generation:
+    async def generate(
+        self, request: GenerationRequest, on_text: TextSink | None = None
+    ) -> Generation:
+        collector = GenerationCollector(on_text)
         plan = request.sampling
         params = vllm.SamplingParams(
             temperature=plan.temperature,
             top_p=plan.top_p,
             max_tokens=plan.max_tokens,
             ignore_eos=plan.ignore_eos,
-            output_kind=RequestOutputKind.FINAL_ONLY,
+            output_kind=(
+                RequestOutputKind.DELTA
+                if collector.streams
+                else RequestOutputKind.FINAL_ONLY
+            ),
         )
         prompt = {
             "prompt": request.chat_text,
@@ -165,11 +181,10 @@ class AsyncLlmClient:
         try:
             # The renderer runs the multimodal processor in its threads, off the loop.
             (engine_input,) = await self._engine.renderer.render_cmpl_async([prompt])
-            final = None
             async for output in self._engine.generate(
                 engine_input, params, request_id=f"page-{uuid.uuid4().hex}"
             ):
-                final = output
+                collector.add(output.outputs)
         except VllmEngineDeadError as exc:
             raise EngineDeadError(f"vLLM engine died: {exc}") from exc
         except EngineGenerateError as exc:
@@ -184,14 +199,7 @@ class AsyncLlmClient:
             if "CUDA" in str(exc) or self._engine.errored:
                 raise EngineDeadError(f"vLLM engine failed: {exc}") from exc
             raise
-        if final is None or not final.outputs:
-            raise PageFailedError("engine returned no output for the page")
-        completion = final.outputs[0]
-        return Generation(
-            text=completion.text,
-            output_tokens=len(completion.token_ids),
-            finish_reason=completion.finish_reason,
-        )
+        return collector.generation()
 
     def is_dead(self) -> bool:
         return bool(self._engine.errored)

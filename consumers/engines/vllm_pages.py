@@ -4,7 +4,9 @@
 in the Qwen2.5-VL chat format (image first), the token budget capped by the page's
 prompt length (its visual tokens counted at the size vLLM's processor will give it),
 and the output judged; a page that looped or ran out of tokens is retried with a
-higher temperature, then returned with a status that says so.
+higher temperature, then returned with a status that says so. A listener
+(``on_event``) gets each attempt's text as it is generated, and ``StreamRestarted``
+before a retry; without one, vLLM is asked only for the final output.
 Everything that touches vLLM lives behind ``VllmClient`` (``consumers.engines.vllm``
 holds the real one), so CI runs all of this without a GPU or vLLM installed.
 """
@@ -21,7 +23,14 @@ from typing import Protocol
 from PIL import Image
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from consumers.engines.base import EngineHealth, PageRequest, PageResult
+from consumers.engines.base import (
+    EngineHealth,
+    PageListener,
+    PageRequest,
+    PageResult,
+    StreamRestarted,
+    TextDelta,
+)
 from consumers.engines.vllm_quality import judge_page, status_rank
 from consumers.engines.vllm_requests import (
     CapacityFigure,
@@ -57,6 +66,9 @@ class Generation:
     finish_reason: str | None
 
 
+TextSink = Callable[[str], None]  # new text of one request, as it is generated
+
+
 class VllmClient(Protocol):
     """The engine boundary: errors leave it only as ``consumers.errors`` types."""
 
@@ -72,7 +84,11 @@ class VllmClient(Protocol):
         """Tokens of ``text`` as the engine tokenizes it (a placeholder counts once)."""
         ...
 
-    async def generate(self, request: GenerationRequest) -> Generation: ...
+    async def generate(
+        self, request: GenerationRequest, on_text: TextSink | None = None
+    ) -> Generation:
+        """The request's output; with ``on_text``, its text is streamed there too."""
+        ...
 
     def is_dead(self) -> bool: ...
 
@@ -197,34 +213,29 @@ class VllmPageEngine:
             )
         return EngineHealth(loaded=True, gpu_available=client.gpu_available())
 
-    async def recognize(self, page: PageRequest) -> PageResult:
+    async def recognize(
+        self, page: PageRequest, on_event: PageListener | None = None
+    ) -> PageResult:
         client = self._live_client()
         started = time.perf_counter()
-        image = page.image
-        size = fit_pixels(
-            image.width,
-            image.height,
-            self._settings.min_pixels,
-            self._settings.max_pixels,
-        )
-        chat_text, text_tokens = self._chat_prompt(client, page.prompt)
-        prompt_tokens = text_tokens + visual_tokens(*size)
-        max_tokens = cap_max_tokens(
-            page.max_tokens, prompt_tokens, self._settings.max_model_len
-        )
+        chat_text, max_tokens = self._prompt(client, page)
         best: tuple[PageStatus, Generation] | None = None
+        status: PageStatus | None = None
         attempts = 0
-        for attempt in range(self._settings.quality_retries + 1):
+        for attempt in range(1, self._settings.quality_retries + 2):
+            if status is not None and on_event is not None:
+                on_event(StreamRestarted(attempt, reason=status.value))
             plan = plan_sampling(
                 page.temperature,
-                attempt,
+                attempt - 1,
                 max_tokens,
                 ignore_eos=self._settings.ignore_eos,
             )
             generation = await client.generate(
-                GenerationRequest(chat_text, image, plan)
+                GenerationRequest(chat_text, page.image, plan),
+                _text_sink(on_event, attempt),
             )
-            attempts = attempt + 1
+            attempts = attempt
             status = judge_page(generation.text, generation.finish_reason)
             if best is None or status_rank(status) < status_rank(best[0]):
                 best = (status, generation)
@@ -249,6 +260,21 @@ class VllmPageEngine:
             finish_reason=generation.finish_reason,
         )
 
+    def _prompt(self, client: VllmClient, page: PageRequest) -> tuple[str, int]:
+        """The chat text and the page's max_tokens, capped so the sequence fits."""
+        size = fit_pixels(
+            page.image.width,
+            page.image.height,
+            self._settings.min_pixels,
+            self._settings.max_pixels,
+        )
+        chat_text, text_tokens = self._chat_prompt(client, page.prompt)
+        prompt_tokens = text_tokens + visual_tokens(*size)
+        max_tokens = cap_max_tokens(
+            page.max_tokens, prompt_tokens, self._settings.max_model_len
+        )
+        return chat_text, max_tokens
+
     def _live_client(self) -> VllmClient:
         client = self._client
         if client is None:
@@ -266,3 +292,10 @@ class VllmPageEngine:
             if len(self._chat) < 256:  # prompts are few; bound it against odd senders
                 self._chat[prompt] = cached
         return cached
+
+
+def _text_sink(on_event: PageListener | None, attempt: int) -> TextSink | None:
+    """Deltas of one attempt for the listener; without one, nothing is streamed."""
+    if on_event is None:
+        return None
+    return lambda text: on_event(TextDelta(text, attempt))

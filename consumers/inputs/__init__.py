@@ -9,6 +9,7 @@ is optional: without it, its type is refused as UNSUPPORTED_FORMAT).
 ::
 
     InputRegistry.open(raw, limits)      empty? too large? sniffed type? its decoder?
+      │                                  (decoder_for_bytes, when the caller schedules)
       └── InputDecoder.open              pages counted and sized from headers
             └── DecodedDocument.page(i)  one page decoded: Page(number, image, dpi)
 """
@@ -81,6 +82,11 @@ class InputRegistry:
     def open(self, raw: bytes, limits: ImageLimits) -> DecodedDocument:
         """Open a document and check its size, page count and pixels before any page
         is decoded. The decoder is the one for the type the bytes really are."""
+        return self.decoder_for_bytes(raw, limits).open(raw, limits)
+
+    def decoder_for_bytes(self, raw: bytes, limits: ImageLimits) -> InputDecoder:
+        """The decoder for the type the bytes really are, once their size is checked
+        (a few header bytes are read: cheap enough for the event loop)."""
         if not raw:
             raise EmptyDocumentError("document has zero bytes")
         if len(raw) > limits.max_document_bytes:
@@ -90,11 +96,14 @@ class InputRegistry:
         content_type = sniff_content_type(raw, self._formats)
         if content_type is None:
             raise UnsupportedFormatError(f"not a {self._names} file (magic bytes)")
-        return self.decoder_for(content_type).open(raw, limits)
+        return self.decoder_for(content_type)
 
 
 def _available_decoders() -> list[InputDecoder]:
-    return [RasterDecoder()]
+    from consumers.inputs.dicom import DicomDecoder
+    from consumers.inputs.pdf import PdfDecoder  # its renderer children start on use
+
+    return [RasterDecoder(), PdfDecoder(), DicomDecoder()]
 
 
 INPUTS = InputRegistry(_available_decoders())

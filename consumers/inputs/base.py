@@ -7,7 +7,7 @@ sized from headers (``check_page_sizes``), then decodes them one at a time into
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -16,14 +16,36 @@ from PIL import Image
 from consumers.errors import PixelLimitError, TooManyPagesError, UnreadableImageError
 from producers.kafka import MAX_DOCUMENT_BYTES
 
+# What a DICOM object may give back on the result (OCR_DICOM_ATTRIBUTES): identifiers
+# a PACS integrator files the text by. PHI: they go into the result record only.
+DICOM_ATTRIBUTES = (
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "SOPClassUID",
+    "AccessionNumber",
+    "PatientID",
+    "Modality",
+    "DocumentTitle",
+    "InstanceNumber",
+)
+
 
 @dataclass(frozen=True)
 class ImageLimits:
+    """What a document may be, and how a format without pixels of its own is drawn."""
+
     max_document_bytes: int = MAX_DOCUMENT_BYTES
     max_pages: int = 50
     max_pixels: int = 100_000_000
     max_side_px: int = 4096
     max_document_pixels: int = 1_000_000_000
+    # A PDF page is rendered at render_dpi (enough for Tesseract), lowered so the page
+    # has at most render_max_pixels (the engine's own bound; 0: none) and its long side
+    # at most max_side_px.
+    render_dpi: float = 300.0
+    render_max_pixels: int = 0
+    dicom_attributes: tuple[str, ...] = DICOM_ATTRIBUTES
 
 
 @dataclass(frozen=True)
@@ -31,6 +53,7 @@ class Page:
     number: int  # 1-based
     image: Image.Image  # 8-bit L or RGB, upright, long side <= max_side_px
     dpi: float | None  # as the file states it, scaled with any shrink; None: unknown
+    source_index: int | None = None  # 1-based frame/page of the source; None: number
 
 
 class DecodedDocument(Protocol):
@@ -43,9 +66,17 @@ class DecodedDocument(Protocol):
     sizes: list[tuple[int, int]]  # (width, height) of each page, from the headers
 
     @property
+    def format(self) -> str: ...  # the source's type: "application/dicom" for its PDF
+
+    @property
+    def metadata(self) -> Mapping[str, str]: ...  # allow-listed identifiers; PHI
+
+    @property
     def page_count(self) -> int: ...
 
     def page(self, index: int) -> Page: ...  # 0-based index
+
+    def text_layer(self, index: int) -> str | None: ...  # a usable text layer, or None
 
     def close(self) -> None: ...
 

@@ -28,10 +28,13 @@ class RasterDocument:
         image: Image.Image,
         sizes: list[tuple[int, int]],
         max_side_px: int,
+        content_type: str = "image/png",
     ) -> None:
         self._image = image
         self.sizes = sizes
         self._max_side_px = max_side_px
+        self.format = content_type
+        self.metadata: dict[str, str] = {}
 
     @property
     def page_count(self) -> int:
@@ -46,8 +49,19 @@ class RasterDocument:
                 index + 1, self._image, _stated_dpi(self._image), self._max_side_px
             )
 
+    def text_layer(self, index: int) -> str | None:
+        return None  # a raster page is pixels only
+
     def close(self) -> None:
         self._image.close()
+
+
+_MIME = {
+    "PNG": "image/png",
+    "JPEG": "image/jpeg",
+    "MPO": "image/jpeg",
+    "TIFF": "image/tiff",
+}
 
 
 class RasterDecoder:
@@ -65,7 +79,8 @@ class RasterDecoder:
             except BaseException:
                 image.close()
                 raise
-        return RasterDocument(image, sizes, limits.max_side_px)
+        content_type = _MIME.get(image.format or "", "image/png")
+        return RasterDocument(image, sizes, limits.max_side_px, content_type)
 
 
 def _frame_sizes(image: Image.Image, max_pages: int) -> Iterator[tuple[int, int]]:

@@ -40,6 +40,7 @@ from consumers.settings import Settings
 from producers.kafka import EMBEDDED_BROKER_FETCH_MAX_WAIT_MS
 from schemas import OcrDeadLetter, OcrResult
 from tests.support.poison import MiB, Poison, bomb_poisons, slow_decode
+from tests.support.records import decode_record
 from tests.support.workers import WorkerProcess
 
 GB = 1000**3
@@ -169,11 +170,11 @@ class OutputReader:
                 if msg.value is None:
                     continue
                 if tp.topic == self._kafka.result_topic:
-                    result = OcrResult.decode(msg.value)
+                    result = decode_record(OcrResult, msg.value, tp.topic)
                     at = (result.source_partition, result.source_offset)
                     self.results.setdefault(at, []).append(Arrival(result, now))
                 else:
-                    letter = OcrDeadLetter.decode(msg.value)
+                    letter = decode_record(OcrDeadLetter, msg.value, tp.topic)
                     at = (letter.source_partition, letter.source_offset)
                     self.letters.setdefault(at, []).append(letter)
 

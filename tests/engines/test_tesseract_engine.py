@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from consumers.engines.base import OcrEngine, PageRequest
+from consumers.engines.base import OcrEngine, PageEvent, PageRequest, TextDelta
 from consumers.engines.tesseract import TesseractEngine, prepare_page
 from consumers.errors import ConfigurationError, PageFailedError
 from consumers.inputs import ImageLimits, load_pages, read_pages
@@ -105,6 +105,15 @@ async def test_sample_documents_within_the_cer_bound(engine: TesseractEngine) ->
     assert len(clean) == 4
     assert micro_cer(clean) < CLEAN_CER_BOUND
     assert micro_cer(scores) < ALL_CER_BOUND
+
+
+async def test_a_listener_gets_the_page_text_as_one_delta(
+    engine: TesseractEngine,
+) -> None:
+    events: list[PageEvent] = []
+    result = await engine.recognize(_request(_sample_page()), events.append)
+    assert events == [TextDelta(result.text, attempt=1)]
+    assert "처" in result.text
 
 
 async def test_a_page_over_the_timeout_fails_and_leaves_no_process() -> None:

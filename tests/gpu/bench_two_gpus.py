@@ -110,11 +110,12 @@ async def audit_results(
     """Every result of ``document_ids`` published after ``since``: one OK each?"""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from schemas import CodecError, OcrResult
+    from schemas import AvroSerde, CodecError, OcrResult, SerdeContext
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     statuses: dict[str, list[str]] = {doc: [] for doc in document_ids}
+    serde, ctx = AvroSerde(), SerdeContext(RESULT_TOPIC)
     try:
         tps = [TopicPartition(RESULT_TOPIC, p) for p in sorted(since)]
         consumer.assign(tps)
@@ -127,7 +128,7 @@ async def audit_results(
             for msgs in batch.values():
                 for msg in msgs:
                     try:
-                        result = OcrResult.decode(msg.value or b"")
+                        result = serde.deserialize(OcrResult, msg.value or b"", ctx)
                     except CodecError:
                         continue
                     if result.document_id in statuses:

@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from consumers.settings import Settings
 from schemas import OcrDeadLetter, OcrResult
 from tests.support.poison import PRODUCER_MAX_BYTES, GoodScan, Poison, corpus, good_png
+from tests.support.records import decode_record, encode_record
 from tests.support.records import scan_request as make_request
 from tests.support.workers import WorkerProcess
 
@@ -69,7 +70,7 @@ async def publish_corpus(
             good_meta = await (
                 await producer.send(
                     kafka.input_topic,
-                    good_req.encode(),
+                    encode_record(good_req, kafka.input_topic),
                     good_id.encode(),
                     partition=PARTITION,
                 )
@@ -131,11 +132,11 @@ def collect(
     assert value is not None
     size = len(key or b"") + len(value)
     if is_result:
-        result = OcrResult.decode(value)
+        result = decode_record(OcrResult, value)
         assert result.source_partition == PARTITION
         seen.results.setdefault(result.source_offset, []).append((size, result))
     else:
-        letter = OcrDeadLetter.decode(value)
+        letter = decode_record(OcrDeadLetter, value, "ocr.requests.dlq")
         assert letter.source_partition == PARTITION
         seen.letters.setdefault(letter.source_offset, []).append((size, letter))
 

@@ -14,7 +14,7 @@ from consumers.settings import Settings
 from schemas import OcrRequest
 from schemas.records import utc_now
 from tests.support.kafka import publish_raw, publish_requests, read_outputs
-from tests.support.records import png_request
+from tests.support.records import encode_record, png_request
 from tests.support.scans import multipage_tiff
 from tests.support.workers import run_burst, running_worker
 
@@ -39,7 +39,7 @@ async def test_commit_never_passes_an_unfinished_record(settings: Settings) -> N
     """A slow first record holds its partition's commit back while later ones finish."""
     tp = TopicPartition(settings.kafka.input_topic, 0)
     requests = [png_request("slow"), *(png_request(f"fast-{i}") for i in range(3))]
-    producer_records = [(r.document_id.encode(), r.encode()) for r in requests]
+    producer_records = [(r.document_id.encode(), encode_record(r)) for r in requests]
     await publish_raw(settings, producer_records, partition=0)
     engine = FakeEngine(gates={"slow": asyncio.Event()})
     async with running_worker(settings, engine):
@@ -88,7 +88,7 @@ async def test_dead_engine_stops_the_worker_and_commits_nothing(
     from consumers.worker import WorkerFailedError
 
     await publish_raw(
-        settings, [(b"doomed", png_request("doomed").encode())], partition=0
+        settings, [(b"doomed", encode_record(png_request("doomed")))], partition=0
     )
     engine = FakeEngine(dead_on={"doomed"})
     with pytest.raises(WorkerFailedError):
@@ -116,7 +116,8 @@ async def test_bad_page_fails_alone_and_is_dead_lettered(settings: Settings) -> 
     assert result.pages[2].text == "three-pages p3 64x34"
     assert outputs.by_id()["neighbour"].status.value == "OK"
     [letter] = outputs.dead_letters
-    assert letter.value == request.encode() and letter.document_id == "three-pages"
+    assert letter.value == encode_record(request)
+    assert letter.document_id == "three-pages"
 
 
 async def test_python_client_awaits_each_result(

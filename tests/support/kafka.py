@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from consumers.settings import Settings
 from producers.kafka import build_producer
 from schemas import OcrDeadLetter, OcrRequest, OcrResult
+from tests.support.records import decode_record, encode_record
 
 
 async def publish_raw(
@@ -36,8 +37,10 @@ async def publish_raw(
 
 
 async def publish_requests(settings: Settings, requests: Iterable[OcrRequest]) -> None:
+    topic = settings.kafka.input_topic
     await publish_raw(
-        settings, ((r.document_id.encode(), r.encode()) for r in requests)
+        settings,
+        ((r.document_id.encode(), encode_record(r, topic)) for r in requests),
     )
 
 
@@ -79,11 +82,11 @@ async def read_outputs(
     kafka = settings.kafka
     return Outputs(
         [
-            OcrResult.decode(v)
+            decode_record(OcrResult, v, kafka.result_topic)
             for v in await read_topic(settings, kafka.result_topic, results, timeout_s)
         ],
         [
-            OcrDeadLetter.decode(v)
+            decode_record(OcrDeadLetter, v, kafka.dlq_topic)
             for v in await read_topic(
                 settings,
                 kafka.dlq_topic,

@@ -24,7 +24,9 @@ import fastavro
 from PIL import Image, ImageDraw, ImageFont
 
 from schemas import OcrRequest
-from schemas.codec import MAGIC, load_codec, read_schema
+from schemas.avro import AvroSchema, read_schema
+from schemas.framing import MAGIC
+from tests.support.records import encode_record
 from tests.support.records import scan_request as request
 from tests.support.scans import encode, multipage_tiff
 
@@ -73,7 +75,7 @@ def of_request(
     return Poison(
         name,
         key if key is not None else req.document_id.encode(),
-        req.encode(),
+        encode_record(req),
         code,
         limit,
         cheap,
@@ -117,7 +119,7 @@ def overflowing_timestamp(name: str = "timestamp-2-62") -> Poison:
         if fld["name"] == "submitted_at":
             fld["type"] = "long"
     body = io.BytesIO()
-    body.write(MAGIC + load_codec("medocr.OcrRequest").fingerprint)
+    body.write(MAGIC + AvroSchema.load("medocr.OcrRequest").fingerprint)
     record = request(name, tiny_png(), "image/png").to_avro()
     record["submitted_at"] = 2**62
     fastavro.schemaless_writer(body, fastavro.parse_schema(schema), record)

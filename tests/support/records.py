@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from aiokafka.structs import ConsumerRecord
 from PIL import Image
 
-from schemas import OcrRequest
+from schemas import AvroRecord, AvroSerde, OcrRequest, SerdeContext
 from schemas.records import utc_now
 from tests.support.scans import encode
 
 SUBMITTED = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
+SERDE = AvroSerde()
+R = TypeVar("R", bound=AvroRecord)
+
+
+def encode_record(record: AvroRecord, topic: str = "ocr.requests") -> bytes:
+    """``record``'s bytes as the project's serde writes them to ``topic``."""
+    return SERDE.serialize(record, SerdeContext(topic))
+
+
+def decode_record(record_type: type[R], raw: bytes, topic: str = "ocr.results") -> R:
+    """The ``record_type`` in ``raw`` as read from ``topic``."""
+    return SERDE.deserialize(record_type, raw, SerdeContext(topic))
 
 
 def scan_request(

@@ -1,4 +1,5 @@
-"""The wire contract: golden single-object bytes, plain-Avro readability, evolution."""
+"""The wire contract: golden single-object bytes, plain-Avro readability, evolution,
+and the serde's seams (a framing of one's own, records as plain data)."""
 
 from __future__ import annotations
 
@@ -6,27 +7,32 @@ import copy
 import io
 import json
 import random
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import fastavro
 import pytest
 from fastavro.schema import parse_schema, to_parsing_canonical_form
 
 from schemas import (
-    AvroCodec,
+    AvroSchema,
+    AvroSerde,
     CodecError,
     DocumentStatus,
     OcrDeadLetter,
     OcrPage,
+    OcrProgress,
     OcrRequest,
     OcrResult,
     PageStatus,
-    load_codec,
+    SerdeContext,
+    SingleObjectFraming,
 )
-from schemas.codec import HEADER_BYTES, read_schema, schema_fingerprint
+from schemas.avro import read_schema, schema_fingerprint
+from schemas.framing import HEADER_BYTES
+from tests.support.records import decode_record, encode_record
 
 AT = datetime(2024, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)  # 1704164645678 ms
 
@@ -127,8 +133,10 @@ REQUEST_BODY = (
     + "00"  # correlation_id: null
     + "00"  # attributes: empty map
 )
-PAGE_A = "02" + "00" + _string("a") + "00" + "00" + "00" + "02"
-PAGE_B = "04" + "00" + _string("b") + "00" + "00" + "00" + "02"
+# page_number, status OK, text, error_code null, token_count 0, time 0, attempts 1,
+# source_page null, text_source OCR
+PAGE_A = "02" + "00" + _string("a") + "00" + "00" + "00" + "02" + "00" + "00"
+PAGE_B = "04" + "00" + _string("b") + "00" + "00" + "00" + "02" + "00" + "00"
 RESULT_BODY = (
     _string("doc-1")
     + "00"  # status: OK (enum index 0)
@@ -149,6 +157,8 @@ RESULT_BODY = (
     + "01"  # source_partition -1
     + "01"  # source_offset -1
     + "00"  # worker_id ""
+    + "00"  # source_format ""
+    + "00"  # source_attributes: {}
     + "00"  # omitted_fields: []
 )
 DEAD_LETTER_BODY = (
@@ -193,7 +203,7 @@ def test_timestamp_helper_matches_the_golden_literal() -> None:
 
 @pytest.mark.parametrize(("build", "name", "body"), GOLDEN)
 def test_golden_wire_bytes(build: Any, name: str, body: str) -> None:
-    raw = build().encode()
+    raw = encode_record(build())
     assert raw[:2] == b"\xc3\x01"
     assert raw[2:10].hex() == _fingerprint_hex(name)
     assert raw.hex() == "c301" + _fingerprint_hex(name) + body
@@ -203,7 +213,8 @@ def test_golden_wire_bytes(build: Any, name: str, body: str) -> None:
     ("name", "fingerprint"),
     [
         ("medocr.OcrRequest", "e3a7d03724c37882"),
-        ("medocr.OcrResult", "a51cf9a82eb3b21f"),  # v1 fd4c2f6fbc50438a
+        # v1 fd4c2f6fbc50438a, v2 a51cf9a82eb3b21f
+        ("medocr.OcrResult", "3526605f811a7b6d"),
         ("medocr.OcrDeadLetter", "4f32807a74d2b824"),  # v1 d1da9b310e52f746
         ("medocr.OcrProgress", "ef062621b7669131"),
     ],
@@ -211,14 +222,14 @@ def test_golden_wire_bytes(build: Any, name: str, body: str) -> None:
 def test_fingerprints_are_pinned_and_independently_computed(
     name: str, fingerprint: str
 ) -> None:
-    assert load_codec(name).fingerprint.hex() == fingerprint
+    assert AvroSchema.load(name).fingerprint.hex() == fingerprint
     assert _fingerprint_hex(name) == fingerprint
 
 
 @pytest.mark.parametrize(("build", "name", "body"), GOLDEN)
 def test_plain_fastavro_reads_the_bytes(build: Any, name: str, body: str) -> None:
     """A consumer with only the .avsc file and any Avro library can decode a record."""
-    raw = build().encode()
+    raw = encode_record(build())
     schema_text = resources.files("schemas").joinpath(f"{name}.avsc").read_text()
     schema = json.loads(schema_text)
     assert raw[:2] == b"\xc3\x01"
@@ -256,7 +267,7 @@ def _plain_enums(record: Any) -> dict[str, Any]:
     ids=["request", "result", "dead_letter", "request_full"],
 )
 def test_round_trip(record: Any) -> None:
-    assert type(record).decode(record.encode()) == record
+    assert decode_record(type(record), encode_record(record)) == record
 
 
 # Records valid for the first version of each schema that has changed since, keyed by
@@ -298,6 +309,12 @@ def _frame(schema: dict[str, Any], record: dict[str, Any]) -> bytes:
     return b"\xc3\x01" + crc64_avro(canonical.encode()) + body.getvalue()
 
 
+def read_fields(schema: AvroSchema, raw: bytes) -> dict[str, Any]:
+    """The fields of single-object bytes, read with ``schema`` (no record class)."""
+    writer, body = SingleObjectFraming().unframe(raw, schema, SerdeContext("t"))
+    return schema.read_body(body, writer)
+
+
 def _history_schema(file_name: str) -> dict[str, Any]:
     text = resources.files("schemas").joinpath("history", file_name).read_text()
     schema: dict[str, Any] = json.loads(text)
@@ -312,15 +329,15 @@ def test_history_holds_exactly_the_changed_schemas() -> None:
 def test_a_history_schema_differs_from_the_current_one(file_name: str) -> None:
     """A history file equal to today's schema tests nothing: the codec reads it as current."""
     old = schema_fingerprint(_history_schema(file_name))
-    assert old != load_codec(_full_name(file_name)).fingerprint
+    assert old != AvroSchema.load(_full_name(file_name)).fingerprint
 
 
 @pytest.mark.parametrize("file_name", _history_files())
 def test_bytes_written_with_a_history_schema_decode(file_name: str) -> None:
     name = _full_name(file_name)
     raw = _frame(_history_schema(file_name), V1_RECORDS[name])
-    assert raw[2:10] != load_codec(name).fingerprint
-    record = load_codec(name).decode(raw)
+    assert raw[2:10] != AvroSchema.load(name).fingerprint
+    record = read_fields(AvroSchema.load(name), raw)
     for field, value in V1_RECORDS[name].items():
         assert record[field] == value
     assert record["omitted_fields"] == []
@@ -337,7 +354,7 @@ def test_v1_bytes_decode_to_records_without_omissions(
     file_name: str, record_type: Any
 ) -> None:
     raw = _frame(_history_schema(file_name), V1_RECORDS[_full_name(file_name)])
-    assert record_type.decode(raw).omitted_fields == []
+    assert decode_record(record_type, raw).omitted_fields == []
 
 
 @pytest.mark.parametrize(
@@ -360,7 +377,9 @@ def test_a_v1_reader_reads_current_bytes_and_ignores_omitted_fields(
     """Subscribers still on v1 keep working: the new field is skipped."""
     old = parse_schema(_history_schema(file_name))
     current = parse_schema(read_schema(record.SCHEMA))
-    read = fastavro.schemaless_reader(io.BytesIO(record.encode()[10:]), current, old)
+    read = fastavro.schemaless_reader(
+        io.BytesIO(encode_record(record)[HEADER_BYTES:]), current, old
+    )
     assert isinstance(read, dict)
     assert "omitted_fields" not in read
     assert read["source_topic"] == record.source_topic
@@ -386,10 +405,10 @@ def _older_result_schema() -> dict[str, Any]:
 
 def test_an_older_writer_without_defaulted_fields_still_decodes() -> None:
     older = _older_result_schema()
-    codec = AvroCodec(read_schema("medocr.OcrResult"), (older,))
+    schema = AvroSchema(read_schema("medocr.OcrResult"), (older,))
     raw = _frame(older, V1_RECORDS["medocr.OcrResult"] | {"model": "m"})
-    assert codec.fingerprint != raw[2:10]
-    record = codec.decode(raw)
+    assert schema.fingerprint != raw[2:10]
+    record = read_fields(schema, raw)
     assert record["worker_id"] == ""
     assert record["content_sha256"] is None
     assert record["model"] == "m"
@@ -402,16 +421,16 @@ def test_unknown_fingerprint_is_a_codec_error() -> None:
     older = _older_result_schema()
     raw = _frame(older, V1_RECORDS["medocr.OcrResult"])
     with pytest.raises(CodecError, match="unknown schema fingerprint"):
-        load_codec("medocr.OcrResult").decode(raw)
+        read_fields(AvroSchema.load("medocr.OcrResult"), raw)
 
 
 def test_a_record_of_another_schema_is_rejected() -> None:
     with pytest.raises(CodecError, match="unknown schema fingerprint"):
-        OcrRequest.decode(small_result().encode())
+        decode_record(OcrRequest, encode_record(small_result()))
 
 
 def _header(name: str) -> bytes:
-    return b"\xc3\x01" + load_codec(name).fingerprint
+    return b"\xc3\x01" + AvroSchema.load(name).fingerprint
 
 
 @pytest.mark.parametrize(
@@ -425,26 +444,26 @@ def _header(name: str) -> bytes:
         pytest.param(b"\x00\x00\x00\x00\x01" + b"\x00" * 16, id="confluent_framing"),
         pytest.param(b"\xc3\x02" + b"\x00" * 16, id="wrong_marker_version"),
         pytest.param(_header("medocr.OcrRequest"), id="header_only"),
-        pytest.param(small_request().encode()[:-5], id="truncated_body"),
+        pytest.param(encode_record(small_request())[:-5], id="truncated_body"),
         pytest.param(_header("medocr.OcrRequest") + b"\x0a\xff\xfe", id="bad_utf8"),
         pytest.param(_header("medocr.OcrRequest") + b"\xff" * 12, id="varint_overflow"),
     ],
 )
 def test_corrupt_or_foreign_bytes_are_codec_errors(raw: bytes) -> None:
     with pytest.raises(CodecError):
-        OcrRequest.decode(raw)
+        decode_record(OcrRequest, raw)
 
 
 def test_result_with_an_out_of_range_enum_is_a_codec_error() -> None:
     body = _string("d1") + "0a"  # status index 5 of two symbols
     with pytest.raises(CodecError):
-        OcrResult.decode(_header("medocr.OcrResult") + bytes.fromhex(body))
+        decode_record(OcrResult, _header("medocr.OcrResult") + bytes.fromhex(body))
 
 
 def test_trailing_bytes_after_the_body_are_a_codec_error() -> None:
     """One record per message: bytes left over mean a corrupt or mis-framed value."""
     with pytest.raises(CodecError):
-        OcrRequest.decode(small_request().encode() + b"\x00junk")
+        decode_record(OcrRequest, encode_record(small_request()) + b"\x00junk")
 
 
 def test_a_record_that_does_not_fit_its_schema_is_a_codec_error() -> None:
@@ -454,7 +473,7 @@ def test_a_record_that_does_not_fit_its_schema_is_a_codec_error() -> None:
         submitted_at=AT,
     )
     with pytest.raises(CodecError, match="does not fit"):
-        bad.encode()
+        encode_record(bad)
 
 
 def _request_body(submitted_at_ms: int) -> bytes:
@@ -463,7 +482,7 @@ def _request_body(submitted_at_ms: int) -> bytes:
 
 
 def test_the_request_body_helper_builds_a_readable_request() -> None:
-    assert OcrRequest.decode(_request_body(1704164645678)) == small_request()
+    assert decode_record(OcrRequest, _request_body(1704164645678)) == small_request()
 
 
 @pytest.mark.parametrize(
@@ -472,7 +491,7 @@ def test_the_request_body_helper_builds_a_readable_request() -> None:
 def test_a_timestamp_out_of_datetime_range_is_a_codec_error(millis: int) -> None:
     """fastavro raises OverflowError here; it must not escape the codec."""
     with pytest.raises(CodecError, match="OverflowError"):
-        OcrRequest.decode(_request_body(millis))
+        decode_record(OcrRequest, _request_body(millis))
 
 
 def _mutate(raw: bytes, rng: random.Random) -> bytes:
@@ -512,11 +531,11 @@ def test_mutated_records_decode_or_raise_codec_error_only(build: Any) -> None:
     """A fixed-seed fuzz: no byte pattern makes the codec raise anything else."""
     record = build()
     rng = random.Random(20240611)
-    raw = record.encode()
+    raw = encode_record(record)
     outcomes = {"decoded": 0, "refused": 0}
     for _ in range(2000):
         try:
-            type(record).decode(_mutate(raw, rng))
+            decode_record(type(record), _mutate(raw, rng))
         except CodecError:
             outcomes["refused"] += 1
         else:
@@ -540,5 +559,131 @@ def test_a_value_that_cannot_be_written_is_a_codec_error(
 ) -> None:
     bad = replace(small_request(), **fields)
     with pytest.raises(CodecError, match="does not fit") as raised:
-        bad.encode()
+        encode_record(bad)
     assert len(str(raised.value)) < 400  # never quotes the whole value
+
+
+class TopicTagFraming:
+    """A second framing, for tests: ``7F``, the topic (length, name), the writer's
+    fingerprint, the body. It records every context it is handed."""
+
+    MAGIC = b"\x7f"
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, SerdeContext]] = []
+
+    def frame(self, body: bytes, schema: AvroSchema, ctx: SerdeContext) -> bytes:
+        self.seen.append(("frame", ctx))
+        topic = ctx.topic.encode()
+        return self.MAGIC + bytes([len(topic)]) + topic + schema.fingerprint + body
+
+    def unframe(
+        self, raw: bytes, reader: AvroSchema, ctx: SerdeContext
+    ) -> tuple[AvroSchema, bytes]:
+        self.seen.append(("unframe", ctx))
+        if raw[:1] != self.MAGIC:
+            raise CodecError("not a topic-tagged record")
+        end = 2 + raw[1]
+        if raw[2:end] != ctx.topic.encode():
+            raise CodecError(f"written for {raw[2:end]!r}, read from {ctx.topic}")
+        writer = reader.writers.get(raw[end : end + 8])
+        if writer is None:
+            raise CodecError("unknown writer")
+        return writer, raw[end + 8 :]
+
+
+def test_the_serde_hands_the_context_to_its_framing() -> None:
+    """Another framing plugs in without touching the records or their mapping."""
+    framing = TopicTagFraming()
+    serde = AvroSerde(framing)
+    ctx = SerdeContext("ocr.results")
+    raw = serde.serialize(small_result(), ctx)
+    assert raw.startswith(
+        b"\x7f\x0bocr.results" + AvroSchema.load(OcrResult.SCHEMA).fingerprint
+    )
+    assert serde.deserialize(OcrResult, raw, ctx) == small_result()
+    key = SerdeContext("ocr.progress", "key")
+    serde.serialize(OcrProgress("d", 1, 2, PageStatus.OK, AT), key)
+    assert framing.seen == [("frame", ctx), ("unframe", ctx), ("frame", key)]
+
+
+def test_the_framing_decides_what_the_context_means() -> None:
+    serde = AvroSerde(TopicTagFraming())
+    raw = serde.serialize(small_request(), SerdeContext("ocr.requests"))
+    with pytest.raises(CodecError, match="read from other"):
+        serde.deserialize(OcrRequest, raw, SerdeContext("other"))
+    with pytest.raises(CodecError, match="C3 01"):
+        decode_record(OcrRequest, raw)  # the default serde: single-object only
+
+
+def test_the_default_framing_is_the_single_object_encoding() -> None:
+    schema = AvroSchema.load(OcrRequest.SCHEMA)
+    body = schema.write_body(small_request().to_avro())
+    framed = SingleObjectFraming().frame(body, schema, SerdeContext("ocr.requests"))
+    assert framed == encode_record(small_request())
+    assert framed.hex() == "c301" + _fingerprint_hex(schema.name) + REQUEST_BODY
+
+
+@pytest.mark.parametrize(
+    "magic",
+    [b"\x00", b"\x00\x00\x00\x00\x01", b"\x7f", b"\xc3\x02", b"\x01\xc3"],
+    ids=["confluent_byte", "confluent_header", "other", "next_version", "swapped"],
+)
+def test_unframing_an_unknown_magic_is_a_codec_error(magic: bytes) -> None:
+    schema = AvroSchema.load(OcrRequest.SCHEMA)
+    raw = magic + schema.fingerprint + bytes.fromhex(REQUEST_BODY)
+    with pytest.raises(CodecError, match="missing C3 01 marker"):
+        SingleObjectFraming().unframe(raw, schema, SerdeContext("ocr.requests"))
+
+
+def test_a_serde_parses_each_schema_once() -> None:
+    serde = AvroSerde()
+    assert serde.schema_of(OcrResult) is serde.schema_of(OcrResult)
+    assert serde.schema_of(OcrResult) is not AvroSerde().schema_of(OcrResult)
+    assert serde.schema_of(OcrResult).name == "medocr.OcrResult"
+
+
+@pytest.mark.parametrize(
+    "record_type", [OcrRequest, OcrResult, OcrPage, OcrDeadLetter, OcrProgress]
+)
+def test_records_are_plain_data(record_type: type[Any]) -> None:
+    """No record writes itself: bytes come from a serde, for a topic."""
+    for name in ("encode", "decode", "serialize", "deserialize"):
+        assert not hasattr(record_type, name)
+
+
+def test_ocr_page_is_data_only() -> None:
+    """A page travels inside a result, never alone: it has no schema of its own."""
+    page = OcrPage(1, PageStatus.OK, "a")
+    assert not hasattr(page, "encode")
+    assert not hasattr(page, "SCHEMA")
+    assert not hasattr(page, "to_avro")
+
+
+@dataclass(frozen=True)
+class _NarrowResult:
+    """A record class whose fields are not the schema's."""
+
+    SCHEMA: ClassVar[str] = "medocr.OcrResult"
+    document_id: str
+
+    def to_avro(self) -> dict[str, Any]:
+        return {"document_id": self.document_id}
+
+    @classmethod
+    def from_avro(cls, record: dict[str, Any]) -> Self:
+        return cls(**record)
+
+
+def test_fields_that_do_not_fit_the_record_class_are_a_codec_error() -> None:
+    raw = encode_record(small_result())
+    with pytest.raises(CodecError, match="record does not fit _NarrowResult"):
+        decode_record(_NarrowResult, raw)
+    with pytest.raises(CodecError, match=r"does not fit medocr\.OcrResult"):
+        encode_record(_NarrowResult("d1"))  # the body misses required fields
+
+
+def test_a_context_is_a_topic_and_the_value_by_default() -> None:
+    assert SerdeContext("ocr.results") == SerdeContext("ocr.results", "value")
+    with pytest.raises(AttributeError):
+        SerdeContext("t").topic = "u"  # type: ignore[misc]

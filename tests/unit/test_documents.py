@@ -9,32 +9,54 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
 from consumers.budget import PageBudget, PagePlaces
-from consumers.documents import (
-    DECODE_CONCURRENCY,
-    DocumentOpener,
-    DocumentRecognizer,
-    PageCallback,
-    RecognizerOptions,
+from consumers.documents import DocumentRecognizer, RecognizerOptions
+from consumers.engines import (
+    PageListener,
+    PageRequest,
+    PageResult,
 )
-from consumers.engines import PageRequest, PageResult
 from consumers.engines.fake import FakeEngine
 from consumers.errors import EngineDeadError
-from consumers.inputs import ImageLimits, Page, RasterDocument, open_document
+from consumers.inputs import (
+    INPUTS,
+    DecodedDocument,
+    ImageLimits,
+    InputRegistry,
+    Page,
+    RasterDocument,
+    open_document,
+)
+from consumers.inputs.raster import RasterDecoder
 from consumers.intake import RequestLimits
 from consumers.metrics import WorkerMetrics
 from consumers.outcomes import Msg, Outcome, OutcomeBuilder
+from consumers.recognition import (
+    PageCallback,
+    PageEventHook,
+    PageOptions,
+    PageRecognizer,
+)
 from consumers.retry import RetriesExhaustedError, RetryPolicy
 from schemas import DocumentStatus, OcrDeadLetter, OcrRequest, OcrResult
-from tests.support.records import SUBMITTED, consumer_record, sender_request
+from tests.support.records import (
+    SUBMITTED,
+    consumer_record,
+    decode_record,
+    encode_record,
+    sender_request,
+)
 from tests.support.scans import encode, multipage_tiff
 
 FAST_RETRY = RetryPolicy(attempts=3, base_s=0.001, max_s=0.002)
+
+DocumentOpener = Callable[[bytes, ImageLimits], DecodedDocument]
 
 
 def png(width: int = 30, height: int = 20) -> bytes:
@@ -58,13 +80,28 @@ def tiff_records(tiff: bytes, count: int) -> list[Msg]:
     """``count`` records of the same TIFF, ``d0``, ``d1``, ... at offsets 0, 1, ..."""
     return [
         record(
-            request(
-                document_id=f"d{i}", image=tiff, content_type="image/tiff"
-            ).encode(),
+            encode_record(
+                request(document_id=f"d{i}", image=tiff, content_type="image/tiff")
+            ),
             offset=i,
         )
         for i in range(count)
     ]
+
+
+class OpenerDecoder:
+    """The raster types, opened by a test's function (documents that misbehave)."""
+
+    content_types: tuple[str, ...] = RasterDecoder.content_types
+
+    def __init__(
+        self, opener: DocumentOpener, concurrency: int = RasterDecoder.concurrency
+    ) -> None:
+        self._open = opener
+        self.concurrency = concurrency
+
+    def open(self, raw: bytes, limits: ImageLimits) -> DecodedDocument:
+        return self._open(raw, limits)
 
 
 class Harness:
@@ -77,22 +114,31 @@ class Harness:
         *,
         budget_limit: int = 64,
         on_page: PageCallback | None = None,
-        opener: DocumentOpener = open_document,
+        on_event: PageEventHook | None = None,
+        opener: DocumentOpener | None = None,
+        inputs: InputRegistry = INPUTS,
         decode_timeout_s: float = 60.0,
     ) -> None:
         self.engine = engine
         self.registry = CollectorRegistry()
         self.metrics = WorkerMetrics(self.registry, engine.name)
         self.budget = PageBudget(limit=budget_limit)
-        self.recognizer = DocumentRecognizer(
+        pages = PageRecognizer(
             engine,
             self.metrics,
+            PageOptions(
+                default_prompt="prompt", default_max_tokens=256, retry=FAST_RETRY
+            ),
+            on_page=on_page,
+            on_event=on_event,
+        )
+        if opener is not None:
+            inputs = InputRegistry([OpenerDecoder(opener)])
+        self.recognizer = DocumentRecognizer(
+            pages,
             RecognizerOptions(
                 limits=limits,
                 uri_roots=(),
-                default_prompt="prompt",
-                default_max_tokens=256,
-                retry=FAST_RETRY,
                 request_limits=RequestLimits(
                     max_id_chars=32,
                     max_attributes=3,
@@ -102,8 +148,7 @@ class Harness:
                 decode_timeout_s=decode_timeout_s,
             ),
             OutcomeBuilder(engine="fake", model="fake-1", worker_id="worker-a"),
-            on_page=on_page,
-            opener=opener,
+            inputs=inputs,
         )
 
     async def recognize(self, msg: Msg) -> Outcome:
@@ -131,7 +176,7 @@ class Harness:
 
 @pytest.fixture
 def make_harness() -> Callable[..., Harness]:
-    def make(engine: FakeEngine | None = None, **limits: int) -> Harness:
+    def make(engine: FakeEngine | None = None, **limits: Any) -> Harness:
         return Harness(engine or FakeEngine(), ImageLimits(**limits))
 
     return make
@@ -140,7 +185,7 @@ def make_harness() -> Callable[..., Harness]:
 async def test_good_document_is_ok(make_harness: Callable[..., Harness]) -> None:
     harness = make_harness()
     req = request()
-    outcome = await harness.recognize(record(req.encode()))
+    outcome = await harness.recognize(record(encode_record(req)))
     result = outcome.result
     assert outcome.dead_letter is None
     assert result.status is DocumentStatus.OK
@@ -161,9 +206,8 @@ async def test_good_document_is_ok(make_harness: Callable[..., Harness]) -> None
         42,
     )
     assert result.worker_id == "worker-a"
-    assert (
-        OcrResult.decode(result.encode()).encode() == result.encode()
-    )  # fits the wire
+    raw = encode_record(result, "ocr.results")
+    assert encode_record(decode_record(OcrResult, raw), "ocr.results") == raw  # fits
     assert harness.sample("ocr_pages_total", status="OK") == 1
 
 
@@ -211,11 +255,12 @@ async def test_scans_are_decoded_a_few_at_a_time() -> None:
     SlowDocument.most = 0
     harness = Harness(FakeEngine(), ImageLimits(), opener=slow_opener(0.02))
     msgs = [
-        record(request(document_id=f"doc-{i}").encode(), offset=i) for i in range(12)
+        record(encode_record(request(document_id=f"doc-{i}")), offset=i)
+        for i in range(12)
     ]
     outcomes = await harness.recognize_all(msgs)
     assert [o.result.status for o in outcomes] == [DocumentStatus.OK] * 12
-    assert SlowDocument.most == DECODE_CONCURRENCY < len(msgs)
+    assert SlowDocument.most == RasterDecoder.concurrency < len(msgs)
     assert harness.budget.used == 0
 
 
@@ -228,16 +273,18 @@ async def test_multipage_tiff_keeps_page_order_and_joins_with_form_feed(
     class BackwardsEngine(FakeEngine):
         """Later pages finish first: order must come from page numbers."""
 
-        async def recognize(self, page: PageRequest) -> PageResult:
+        async def recognize(
+            self, page: PageRequest, on_event: PageListener | None = None
+        ) -> PageResult:
             await asyncio.sleep((4 - page.page_number) * 0.05)
-            result = await super().recognize(page)
+            result = await super().recognize(page, on_event)
             finished.append(page.page_number)
             return result
 
     engine = BackwardsEngine()
     harness = make_harness(engine)
     req = request(image=multipage_tiff(sizes), content_type="image/tiff")
-    result = (await harness.recognize(record(req.encode()))).result
+    result = (await harness.recognize(record(encode_record(req)))).result
     assert result.status is DocumentStatus.OK
     assert [p.page_number for p in result.pages] == [1, 2, 3]
     assert result.text.split("\f") == [
@@ -253,13 +300,15 @@ async def test_decoded_pages_never_exceed_the_budget() -> None:
     seen: list[int] = []
 
     class WatchingEngine(FakeEngine):
-        async def recognize(self, page: PageRequest) -> PageResult:
+        async def recognize(
+            self, page: PageRequest, on_event: PageListener | None = None
+        ) -> PageResult:
             seen.append(harness.budget.used)
-            return await super().recognize(page)
+            return await super().recognize(page, on_event)
 
     harness = Harness(WatchingEngine(delay_s=0.01), ImageLimits(), budget_limit=2)
     req = request(image=multipage_tiff([(10, 10)] * 7), content_type="image/tiff")
-    outcome = await harness.recognize(record(req.encode()))
+    outcome = await harness.recognize(record(encode_record(req)))
     assert outcome.result.status is DocumentStatus.OK
     assert outcome.result.page_count == 7
     assert len(seen) == 7
@@ -307,7 +356,8 @@ async def test_undecodable_record_is_dead_lettered_with_its_original_bytes(
     )
     assert letter.document_id == "doc-9"
     assert letter.worker_id == "worker-a"
-    assert OcrDeadLetter.decode(letter.encode()).encode() == letter.encode()
+    raw = encode_record(letter, "ocr.requests.dlq")
+    assert encode_record(decode_record(OcrDeadLetter, raw), "ocr.requests.dlq") == raw
     assert harness.engine.calls == []
 
 
@@ -336,7 +386,8 @@ async def test_undecodable_record_without_a_readable_key_uses_its_position(
             {"image_uri": "file:///x.png"}, "INVALID_REQUEST", id="image_and_uri"
         ),
         pytest.param({"image": b""}, "EMPTY_DOCUMENT", id="zero_bytes"),
-        pytest.param({"image": b"%PDF-1.4 ..."}, "UNSUPPORTED_FORMAT", id="pdf"),
+        pytest.param({"image": b"GIF89a..."}, "UNSUPPORTED_FORMAT", id="gif"),
+        pytest.param({"image": b"%PDF-1.4 ..."}, "INVALID_REQUEST", id="pdf_as_png"),
         pytest.param({"image": truncated_png()}, "UNREADABLE_IMAGE", id="truncated"),
         pytest.param({"image": png(200, 200)}, "PIXEL_LIMIT", id="pixel_limit"),
     ],
@@ -346,7 +397,7 @@ async def test_bad_requests_are_failed_results_and_dead_letters(
 ) -> None:
     harness = make_harness(max_pixels=10_000)
     req = request(**fields)
-    value = req.encode()
+    value = encode_record(req)
     outcome = await harness.recognize(record(value))
     assert outcome.result.status is DocumentStatus.FAILED
     assert outcome.result.error_code == code
@@ -361,7 +412,7 @@ async def test_content_type_mismatch_names_both_types(
     make_harness: Callable[..., Harness],
 ) -> None:
     req = request(content_type="image/tiff")  # the bytes are a PNG
-    outcome = await make_harness().recognize(record(req.encode()))
+    outcome = await make_harness().recognize(record(encode_record(req)))
     assert outcome.result.error_code == "INVALID_REQUEST"
     assert "image/tiff" in (outcome.result.error_message or "")
     assert "image/png" in (outcome.result.error_message or "")
@@ -373,7 +424,7 @@ async def test_a_bad_page_fails_alone(make_harness: Callable[..., Harness]) -> N
     req = request(
         image=multipage_tiff([(10, 10), (11, 10), (12, 10)]), content_type="image/tiff"
     )
-    value = req.encode()
+    value = encode_record(req)
     outcome = await harness.recognize(record(value))
     result = outcome.result
     assert result.status is DocumentStatus.FAILED
@@ -402,7 +453,7 @@ async def test_transient_engine_failure_is_retried_then_ok(
 ) -> None:
     engine = FakeEngine(transient_failures=Counter({"doc-1": 2}))
     harness = make_harness(engine)
-    outcome = await harness.recognize(record(request().encode()))
+    outcome = await harness.recognize(record(encode_record(request())))
     assert outcome.result.status is DocumentStatus.OK
     assert outcome.dead_letter is None
     assert engine.calls == [("doc-1", 1)] * 3
@@ -415,14 +466,14 @@ async def test_transient_failures_past_the_retry_budget_are_fatal(
     engine = FakeEngine(transient_failures=Counter({"doc-1": 10}))
     harness = make_harness(engine)
     with pytest.raises(RetriesExhaustedError):
-        await harness.recognize(record(request().encode()))
+        await harness.recognize(record(encode_record(request())))
     assert len(engine.calls) == FAST_RETRY.attempts
 
 
 async def test_dead_engine_propagates(make_harness: Callable[..., Harness]) -> None:
     harness = make_harness(FakeEngine(dead_on={"doc-1"}))
     with pytest.raises(EngineDeadError):
-        await harness.recognize(record(request().encode()))
+        await harness.recognize(record(encode_record(request())))
 
 
 async def test_dead_engine_on_a_multipage_document_releases_the_budget(
@@ -431,7 +482,7 @@ async def test_dead_engine_on_a_multipage_document_releases_the_budget(
     harness = make_harness(FakeEngine(dead_on={"doc-1"}))
     req = request(image=multipage_tiff([(10, 10)] * 3), content_type="image/tiff")
     with pytest.raises(EngineDeadError):
-        await harness.recognize(record(req.encode()))
+        await harness.recognize(record(encode_record(req)))
 
 
 async def test_prompt_and_max_tokens_defaults_reach_the_engine(
@@ -440,14 +491,18 @@ async def test_prompt_and_max_tokens_defaults_reach_the_engine(
     prompts: list[tuple[str, int, float]] = []
 
     class RecordingEngine(FakeEngine):
-        async def recognize(self, page: PageRequest) -> PageResult:
+        async def recognize(
+            self, page: PageRequest, on_event: PageListener | None = None
+        ) -> PageResult:
             prompts.append((page.prompt, page.max_tokens, page.temperature))
-            return await super().recognize(page)
+            return await super().recognize(page, on_event)
 
     harness = make_harness(RecordingEngine())
-    await harness.recognize(record(request(document_id="a", max_tokens=0).encode()))
     await harness.recognize(
-        record(request(document_id="b", prompt="p2", max_tokens=9).encode())
+        record(encode_record(request(document_id="a", max_tokens=0)))
+    )
+    await harness.recognize(
+        record(encode_record(request(document_id="b", prompt="p2", max_tokens=9)))
     )
     assert prompts == [("prompt", 256, 0.0), ("p2", 9, 0.0)]
 
@@ -456,8 +511,8 @@ async def test_same_scan_gives_the_same_content_hash(
     make_harness: Callable[..., Harness],
 ) -> None:
     harness = make_harness()
-    first = await harness.recognize(record(request(document_id="a").encode()))
-    second = await harness.recognize(record(request(document_id="b").encode()))
+    first = await harness.recognize(record(encode_record(request(document_id="a"))))
+    second = await harness.recognize(record(encode_record(request(document_id="b"))))
     assert first.result.content_sha256 == second.result.content_sha256
     assert first.result.content_sha256 == hashlib.sha256(png()).hexdigest()
 
@@ -470,7 +525,7 @@ async def test_invalid_request_keeps_what_the_sender_sent(
     make_harness: Callable[..., Harness], fields: dict[str, object], document_id: str
 ) -> None:
     """A request that decodes but fails the checks still echoes its correlation."""
-    outcome = await make_harness().recognize(record(request(**fields).encode()))
+    outcome = await make_harness().recognize(record(encode_record(request(**fields))))
     result = outcome.result
     assert result.error_code == "INVALID_REQUEST"
     assert result.document_id == document_id  # the key stands in for a blank id
@@ -508,7 +563,7 @@ async def test_absurd_fields_are_refused_before_any_work(
     make_harness: Callable[..., Harness], fields: dict[str, object], words: str
 ) -> None:
     harness = make_harness()
-    outcome = await harness.recognize(record(request(**fields).encode()))
+    outcome = await harness.recognize(record(encode_record(request(**fields))))
     assert outcome.result.error_code == "INVALID_REQUEST"
     assert words in (outcome.result.error_message or "")
     assert outcome.dead_letter is not None
@@ -519,7 +574,7 @@ async def test_korean_and_uid_identifiers_are_accepted(
     make_harness: Callable[..., Harness],
 ) -> None:
     fields = {"document_id": "처방전-2024/05/1.2.840.10008", "source_system": "EMR 1"}
-    outcome = await make_harness().recognize(record(request(**fields).encode()))
+    outcome = await make_harness().recognize(record(encode_record(request(**fields))))
     assert outcome.result.status is DocumentStatus.OK
 
 
@@ -537,7 +592,7 @@ async def test_an_unexpected_exception_ends_the_record_not_the_worker(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     harness = Harness(FakeEngine(), ImageLimits(), opener=broken_opener)
-    value = request().encode()
+    value = encode_record(request())
     outcome = await harness.recognize(record(value))
     assert outcome.result.status is DocumentStatus.FAILED
     assert outcome.result.error_code == "INTERNAL_ERROR"
@@ -565,7 +620,7 @@ async def test_a_decode_past_its_time_limit_is_abandoned() -> None:
 
     harness = Harness(FakeEngine(), ImageLimits(), opener=hanging, decode_timeout_s=0.2)
     started = time.monotonic()
-    outcome = await harness.recognize(record(request().encode()))
+    outcome = await harness.recognize(record(encode_record(request())))
     assert time.monotonic() - started < 1.5
     assert outcome.result.error_code == "DECODE_TIMEOUT"
     assert outcome.dead_letter is not None
@@ -576,7 +631,7 @@ async def test_document_pixels_are_limited_before_decoding(
 ) -> None:
     harness = make_harness(max_document_pixels=250)
     req = request(image=multipage_tiff([(10, 10)] * 3), content_type="image/tiff")
-    outcome = await harness.recognize(record(req.encode()))
+    outcome = await harness.recognize(record(encode_record(req)))
     assert outcome.result.error_code == "PIXEL_LIMIT"
     assert "OCR_MAX_DOCUMENT_PIXELS" in (outcome.result.error_message or "")
     assert harness.engine.calls == []
@@ -587,12 +642,14 @@ class BuggyEngine(FakeEngine):
 
     dies: bool = False
 
-    async def recognize(self, page: PageRequest) -> PageResult:
+    async def recognize(
+        self, page: PageRequest, on_event: PageListener | None = None
+    ) -> PageResult:
         if page.page_number == 2:
             if self.dies:
                 self.loaded = False
             raise IndexError("engine bug")
-        return await super().recognize(page)
+        return await super().recognize(page, on_event)
 
 
 async def test_an_engine_bug_that_leaves_it_healthy_fails_only_that_page() -> None:
@@ -600,7 +657,7 @@ async def test_an_engine_bug_that_leaves_it_healthy_fails_only_that_page() -> No
     await engine.start()
     harness = Harness(engine, ImageLimits())
     req = request(image=multipage_tiff([(10, 10)] * 3), content_type="image/tiff")
-    outcome = await harness.recognize(record(req.encode()))
+    outcome = await harness.recognize(record(encode_record(req)))
     pages = outcome.result.pages
     assert [(p.status.value, p.error_code) for p in pages] == [
         ("OK", None),
@@ -618,7 +675,7 @@ async def test_an_engine_bug_that_leaves_it_unhealthy_stops_the_worker() -> None
     harness = Harness(engine, ImageLimits())
     req = request(image=multipage_tiff([(10, 10)] * 3), content_type="image/tiff")
     with pytest.raises(EngineDeadError) as caught:
-        await harness.recognize(record(req.encode()))
+        await harness.recognize(record(encode_record(req)))
     assert isinstance(caught.value.__cause__, IndexError)
 
 
@@ -628,7 +685,7 @@ async def test_a_failing_progress_send_never_fails_the_record() -> None:
 
     harness = Harness(FakeEngine(), ImageLimits(), on_page=broken_send)
     req = request(image=multipage_tiff([(10, 10)] * 2), content_type="image/tiff")
-    outcome = await harness.recognize(record(req.encode()))
+    outcome = await harness.recognize(record(encode_record(req)))
     assert outcome.result.status is DocumentStatus.OK
     assert outcome.dead_letter is None
 
@@ -637,7 +694,7 @@ async def test_a_refused_field_is_not_echoed_back(
     make_harness: Callable[..., Harness],
 ) -> None:
     fields = {"correlation_id": "c" * 40, "attributes": {"k": "v" * 70}}
-    outcome = await make_harness().recognize(record(request(**fields).encode()))
+    outcome = await make_harness().recognize(record(encode_record(request(**fields))))
     result = outcome.result
     assert result.error_code == "INVALID_REQUEST"
     assert result.correlation_id is None
@@ -656,3 +713,89 @@ async def test_large_pages_decode_one_at_a_time() -> None:
     outcomes = await harness.recognize_all(msgs)
     assert [o.result.status for o in outcomes] == [DocumentStatus.OK] * 4
     assert SlowDocument.most == 1
+
+
+class DecodeMeter:
+    """Page decodes in flight at once (counted from their threads), and the most."""
+
+    def __init__(self) -> None:
+        self.decoding = 0
+        self.most = 0
+        self._lock = threading.Lock()
+
+    def change(self, step: int) -> None:
+        with self._lock:
+            self.decoding += step
+            self.most = max(self.most, self.decoding)
+
+
+class MeteredDocument(RasterDocument):
+    """A real document whose page decodes take a while and are counted."""
+
+    def __init__(
+        self, raw: bytes, limits: ImageLimits, meters: tuple[DecodeMeter, ...]
+    ) -> None:
+        document = _raster(raw, limits)
+        super().__init__(document._image, document.sizes, 4096)
+        self.meters = meters
+
+    def page(self, index: int) -> Page:
+        for meter in self.meters:
+            meter.change(1)
+        time.sleep(0.03)
+        try:
+            return super().page(index)
+        finally:
+            for meter in self.meters:
+                meter.change(-1)
+
+
+class MeteredDecoder(OpenerDecoder):
+    """Opens ``content_types`` into documents counted by its meter and ``shared``."""
+
+    def __init__(
+        self, content_types: tuple[str, ...], concurrency: int, shared: DecodeMeter
+    ) -> None:
+        super().__init__(self._open_metered, concurrency)
+        self.content_types = content_types
+        self.meter = DecodeMeter()
+        self._meters = (self.meter, shared)
+
+    def _open_metered(self, raw: bytes, limits: ImageLimits) -> RasterDocument:
+        return MeteredDocument(raw, limits, self._meters)
+
+
+def png_and_tiff_records(side: int, count: int) -> list[Msg]:
+    """``count`` one-page PNGs and ``count`` two-page TIFFs, pages ``side`` px square."""
+    pngs = [
+        record(encode_record(request(document_id=f"p{i}", image=png(side, side))))
+        for i in range(count)
+    ]
+    return pngs + tiff_records(multipage_tiff([(side, side)] * 2), count)
+
+
+async def test_each_decoder_decodes_in_the_turns_it_states() -> None:
+    """Turns are per decoder (a PDF renderer pool is not Pillow's threads): the
+    decoders decode side by side, each at most as many at once as it says."""
+    both = DecodeMeter()
+    pngs = MeteredDecoder(("image/png",), 2, both)
+    tiffs = MeteredDecoder(("image/tiff",), 3, both)
+    harness = Harness(FakeEngine(), ImageLimits(), inputs=InputRegistry([pngs, tiffs]))
+    outcomes = await harness.recognize_all(png_and_tiff_records(10, 8))
+    assert [o.result.status for o in outcomes] == [DocumentStatus.OK] * 16
+    assert (pngs.meter.most, tiffs.meter.most) == (2, 3)
+    assert both.most == 2 + 3
+
+
+async def test_the_pixel_bound_is_the_workers_whatever_the_decoder() -> None:
+    both = DecodeMeter()
+    pngs = MeteredDecoder(("image/png",), 4, both)
+    tiffs = MeteredDecoder(("image/tiff",), 4, both)
+    harness = Harness(
+        FakeEngine(),
+        ImageLimits(max_pixels=1000),
+        inputs=InputRegistry([pngs, tiffs]),
+    )
+    outcomes = await harness.recognize_all(png_and_tiff_records(30, 3))
+    assert [o.result.status for o in outcomes] == [DocumentStatus.OK] * 6
+    assert both.most == 1  # 900 px a page: two would be 1800

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from consumers.documents import DECODE_CONCURRENCY
 from consumers.errors import InvalidRequestError, UnsupportedFormatError
 from consumers.inputs import (
     INPUTS,
@@ -52,6 +51,11 @@ def offset_file(marker_at: int = 128) -> bytes:
         (b"\xff\xd8\xff\xe0....", "image/jpeg"),
         (b"II*\x00....", "image/tiff"),
         (b"MM\x00*....", "image/tiff"),
+        (b"%PDF-1.7\n....", "application/pdf"),
+        (b"\r\n" * 100 + b"%PDF-1.4", "application/pdf"),  # junk before the header
+        (b"\x00" * 128 + b"DICM\x02\x00", "application/dicom"),
+        (b"DICM\x02\x00\x00\x00UL", "application/dicom"),  # no preamble
+        (b"\x00" * 127 + b"DICM", None),  # not at 128
         (b"GIF89a", None),
         (b"", None),
     ],
@@ -61,14 +65,23 @@ def test_sniff_content_type(raw: bytes, expected: str | None) -> None:
 
 
 def test_the_table_is_the_one_list_of_formats() -> None:
-    assert {"image/png", "image/jpeg", "image/tiff"} == SUPPORTED_TYPES
-    assert FORMAT_NAMES == "PNG, JPEG or TIFF"
+    assert {
+        "image/png",
+        "image/jpeg",
+        "image/tiff",
+        "application/pdf",
+        "application/dicom",
+    } == SUPPORTED_TYPES
+    assert FORMAT_NAMES == "PNG, JPEG, TIFF, PDF or DICOM"
     assert SUFFIX_TYPES == {
         ".png": "image/png",
         ".jpg": "image/jpeg",
         ".jpeg": "image/jpeg",
         ".tif": "image/tiff",
         ".tiff": "image/tiff",
+        ".pdf": "application/pdf",
+        ".dcm": "application/dicom",
+        ".dicom": "application/dicom",
     }
 
 
@@ -119,10 +132,12 @@ def test_an_unknown_declared_type_is_an_invalid_request() -> None:
 
 
 def test_bytes_of_no_known_format_are_unsupported() -> None:
-    with pytest.raises(UnsupportedFormatError, match="not a PNG, JPEG or TIFF file"):
+    with pytest.raises(
+        UnsupportedFormatError, match="not a PNG, JPEG, TIFF, PDF or DICOM file"
+    ):
         INPUTS.open(b"GIF89a" + b"\x00" * 20, ImageLimits())
     with pytest.raises(UnsupportedFormatError, match="no decoder"):
-        INPUTS.decoder_for("application/dicom")
+        INPUTS.decoder_for("image/gif")
 
 
 class OffsetDocument:
@@ -132,6 +147,11 @@ class OffsetDocument:
         self.sizes = [(3, 2)]
         self.page_count = 1
         self.closed = False
+        self.format = OFFSET_FORMAT.mime
+        self.metadata: dict[str, str] = {}
+
+    def text_layer(self, index: int) -> str | None:
+        return None
 
     def page(self, index: int) -> Page:
         return Page(index + 1, Image.new("L", self.sizes[index]), 96.0)
@@ -172,4 +192,4 @@ def test_a_format_in_the_table_without_its_decoder_is_unsupported() -> None:
 
 
 def test_the_raster_decoder_states_the_workers_decode_concurrency() -> None:
-    assert RasterDecoder.concurrency == DECODE_CONCURRENCY == 4
+    assert RasterDecoder.concurrency == 4

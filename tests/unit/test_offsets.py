@@ -45,8 +45,8 @@ def test_commits_only_up_to_the_first_unfinished(
     assert tracker.ready().get(TP0) == expected
     unfinished = [o for o in range(10, 14) if o not in finished]
     assert tracker.first_unfinished(TP0) == (unfinished[0] if unfinished else None)
-    # unfinished() counts what cannot be committed yet: from the first unfinished on.
-    assert tracker.unfinished(TP0) == (14 - unfinished[0] if unfinished else 0)
+    # pending() counts what cannot be committed yet: from the first unfinished on.
+    assert tracker.pending(TP0) == (14 - unfinished[0] if unfinished else 0)
 
 
 def test_gaps_between_admitted_offsets_are_fine() -> None:
@@ -92,8 +92,8 @@ def test_partitions_are_independent() -> None:
     tracker.finish(TP0, 1)
     tracker.finish(OTHER, 0)
     assert tracker.ready() == {TP1: 102, OTHER: 1}
-    assert tracker.unfinished() == 5 + 3 + 4
-    assert tracker.unfinished(TP0) == 5
+    assert tracker.pending() == 5 + 3 + 4
+    assert tracker.pending(TP0) == 5
 
 
 def test_ready_only_returns_offsets_that_moved_since_the_commit() -> None:
@@ -128,7 +128,7 @@ def test_forget_on_revoke_drops_the_partition() -> None:
     tracker.finish(TP0, 0)
     tracker.forget(TP0)
     assert tracker.ready() == {}
-    assert tracker.unfinished() == 1
+    assert tracker.pending() == 1
     assert tracker.first_unfinished(TP0) is None
     # A task of the revoked partition that finishes late changes nothing.
     tracker.finish(TP0, 1)
@@ -154,7 +154,7 @@ def test_forget_of_an_unknown_partition_is_harmless() -> None:
     tracker.forget(TP0)
     tracker.finish(TP0, 3)
     assert tracker.ready() == {}
-    assert tracker.unfinished() == 0
+    assert tracker.pending() == 0
 
 
 @pytest.mark.parametrize("offset", [4, 5, 0])

@@ -19,9 +19,25 @@ from consumers.outcomes import (
     document_id_of,
     fallback_document_id,
 )
-from producers.results import dead_letter_key, result_key
-from schemas import DocumentStatus, OcrDeadLetter, OcrPage, OcrResult, PageStatus
-from tests.support.records import consumer_record, sender_request
+from producers.results import ResultPublisher, dead_letter_key, result_key
+from schemas import (
+    AvroSchema,
+    AvroSerde,
+    DocumentStatus,
+    OcrDeadLetter,
+    OcrPage,
+    OcrResult,
+    PageStatus,
+    SerdeContext,
+    SingleObjectFraming,
+)
+from tests.support.records import (
+    consumer_record,
+    decode_record,
+    encode_record,
+    sender_request,
+)
+from tests.support.source import MemoryProducer
 
 MIB = 1024 * 1024
 HUGE = 11 * MIB
@@ -54,16 +70,16 @@ def producer_bytes(value: bytes, key: bytes | None) -> int:
 
 
 def assert_result_fits(result: OcrResult, limit: int) -> None:
-    raw = result.encode()
+    raw = encode_record(result, "ocr.results")
     assert producer_bytes(raw, result_key(result)) <= limit
-    decoded = OcrResult.decode(raw)  # timestamps travel in whole milliseconds
+    decoded = decode_record(OcrResult, raw)  # timestamps travel in whole milliseconds
     assert replace(decoded, completed_at=result.completed_at) == result
 
 
 def assert_letter_fits(letter: OcrDeadLetter, limit: int) -> None:
-    raw = letter.encode()
+    raw = encode_record(letter, "ocr.requests.dlq")
     assert producer_bytes(raw, dead_letter_key(letter)) <= limit
-    decoded = OcrDeadLetter.decode(raw)
+    decoded = decode_record(OcrDeadLetter, raw, "ocr.requests.dlq")
     assert replace(decoded, failed_at=letter.failed_at) == letter
 
 
@@ -78,7 +94,7 @@ def test_the_overhead_covers_kafkas_framing() -> None:
 
 def test_a_normal_outcome_keeps_every_field() -> None:
     req = request()
-    msg = record(req.encode(), headers=(("trace", b"t-1"),))
+    msg = record(encode_record(req), headers=(("trace", b"t-1"),))
     ok = builder().finished(msg, req, "ab" * 32, pages("a", "b"), time.monotonic())
     assert ok.dead_letter is None
     assert ok.result.status is DocumentStatus.OK
@@ -101,7 +117,7 @@ def test_a_normal_outcome_keeps_every_field() -> None:
 def test_an_11_mib_document_id_and_key_fall_back_to_the_position() -> None:
     huge_id = "d" * HUGE
     req = request(document_id=huge_id)
-    msg = record(req.encode(), key=huge_id.encode())
+    msg = record(encode_record(req), key=huge_id.encode())
     outcome = builder().failed(
         msg, req, None, InvalidRequestError("id too long"), time.monotonic()
     )
@@ -145,7 +161,7 @@ def test_an_11_mib_key_of_an_undecodable_record() -> None:
 def test_100_000_attributes_are_dropped_from_the_result_and_the_letter() -> None:
     attributes = {f"k{i:06d}": "v" * 256 for i in range(100_000)}
     req = request(attributes=attributes)
-    msg = record(req.encode())
+    msg = record(encode_record(req))
     assert len(msg.value) > DEFAULT_MAX_RECORD_BYTES
     outcome = builder().failed(
         msg, req, None, InvalidRequestError("attributes"), time.monotonic()
@@ -189,11 +205,15 @@ def _letter_for_value(size: int) -> OcrDeadLetter:
 def _largest_value_that_fits() -> int:
     """The value size that makes the dead letter exactly the limit (with the slack)."""
     empty = _letter_for_value(0)
-    base = len(empty.encode()) + len(dead_letter_key(empty) or b"")
+    base = len(encode_record(empty, "ocr.requests.dlq")) + len(
+        dead_letter_key(empty) or b""
+    )
     largest = SMALL_LIMIT - RECORD_OVERHEAD_BYTES - base - 2  # 3-byte length, not 1
     full = _letter_for_value(largest)
     assert full.value is not None
-    size = len(full.encode()) + len(dead_letter_key(full) or b"")
+    size = len(encode_record(full, "ocr.requests.dlq")) + len(
+        dead_letter_key(full) or b""
+    )
     assert size + RECORD_OVERHEAD_BYTES == SMALL_LIMIT
     return largest
 
@@ -231,7 +251,7 @@ def test_huge_headers_go_after_the_value() -> None:
 
 def test_text_too_large_fails_the_document_instead_of_cutting_it() -> None:
     req = request()
-    msg = record(req.encode())
+    msg = record(encode_record(req))
     text = "가" * (SMALL_LIMIT // 6)  # 3 bytes each; in text and in pages[]: 1 MiB
     outcome = builder(SMALL_LIMIT).finished(
         msg, req, "ab" * 32, pages(text, "b"), time.monotonic()
@@ -311,3 +331,41 @@ def test_the_id_limit_is_a_parameter() -> None:
 def test_a_limit_too_small_for_any_record_is_refused() -> None:
     with pytest.raises(ValueError, match="max_record_bytes"):
         OutcomeBuilder("fake", "m", "w", MIN_RECORD_BYTES - 1)
+
+
+class PaddedFraming(SingleObjectFraming):
+    """Single-object bytes plus ``pad_bytes`` on one topic: a framing that costs room."""
+
+    def __init__(self, topic: str, pad_bytes: int) -> None:
+        self.topic = topic
+        self.pad_bytes = pad_bytes
+
+    def frame(self, body: bytes, schema: AvroSchema, ctx: SerdeContext) -> bytes:
+        pad = b"\0" * self.pad_bytes if ctx.topic == self.topic else b""
+        return super().frame(body, schema, ctx) + pad
+
+
+async def test_records_are_sized_as_the_publisher_writes_them() -> None:
+    """The builder fits what the publisher will send: its serde, on its topic."""
+    producer = MemoryProducer()
+    publisher = ResultPublisher(
+        producer,
+        result_topic="res",
+        dlq_topic="dlq",
+        progress_topic="prog",
+        serde=AvroSerde(PaddedFraming("dlq", 1024)),
+    )
+    padded = OutcomeBuilder("fake", "m", "w", SMALL_LIMIT, encoder=publisher.encoder)
+    msg = record(b"v" * _largest_value_that_fits())
+    outcome = padded.failed(msg, request(), None, InvalidRequestError("x"), 0.0)
+    letter = outcome.dead_letter
+    assert letter is not None
+    assert letter.omitted_fields == ["value"]  # it fits plain, not with the padding
+    assert outcome.result.omitted_fields == []  # results go elsewhere, unpadded
+    await publisher.send_dead_letter(letter)
+    await publisher.send_result(outcome.result)
+    for topic, value, key in producer.sent:
+        assert producer_bytes(value, key) <= SMALL_LIMIT, topic
+    assert [len(v) for t, v, _ in producer.sent if t == "dlq"] == [
+        len(publisher.encoder.dead_letter(letter))
+    ]

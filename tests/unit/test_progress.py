@@ -10,7 +10,7 @@ from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 from producers.progress import ProgressSender
 from producers.results import ResultPublisher
 from schemas import OcrPage, OcrProgress, PageStatus
-from tests.support.records import png_request
+from tests.support.records import decode_record, png_request
 
 
 class RefusingProducer:
@@ -50,7 +50,7 @@ async def test_a_refused_progress_event_is_counted_and_forgotten(
     assert "page 2 not delivered" in caplog.text
     assert "비밀" not in caplog.text  # no text in the log
     if not raise_now:
-        assert OcrProgress.decode(producer.sent[0]).page_count == 3
+        assert decode_record(OcrProgress, producer.sent[0], "p").page_count == 3
 
 
 async def test_a_single_page_document_sends_no_progress() -> None:

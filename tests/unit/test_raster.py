@@ -63,7 +63,7 @@ def test_the_default_size_limit_is_the_seeds_20_mb() -> None:
 @pytest.mark.parametrize(
     "raw",
     [
-        pytest.param(b"%PDF-1.7\n" + b"x" * 100, id="pdf"),
+        pytest.param(b"%!PS-Adobe-3.0\n" + b"x" * 100, id="postscript"),
         pytest.param(b"hello, this is text", id="text"),
         pytest.param(b"\x00", id="one_byte"),
         pytest.param(encode(Image.new("L", (5, 5)), "GIF"), id="gif"),

@@ -12,12 +12,15 @@ from consumers.intake import RequestLimits
 from consumers.runner import build_consumer
 from consumers.settings import (
     DEFAULT_PROMPT,
+    BatchSettings,
     KafkaSettings,
     LimitSettings,
     Settings,
     VllmSettings,
     env_names,
 )
+from consumers.state import DEFAULT_STALL_TIMEOUT_S
+from consumers.worker import LoopOptions
 from producers.kafka import (
     EMBEDDED_BROKER_FETCH_MAX_WAIT_MS,
     ProducerOptions,
@@ -311,6 +314,15 @@ def test_defaults_are_those_of_the_code_that_uses_them() -> None:
     assert settings.limits.request_limits() == RequestLimits()
     assert settings.producer_options() == ProducerOptions()
     assert settings.kafka.topics() == Topics()
+    assert settings.batch.loop_options() == LoopOptions()
+    assert settings.batch.stall_timeout_s == DEFAULT_STALL_TIMEOUT_S
+
+
+def test_the_loop_options_follow_the_settings() -> None:
+    batch = BatchSettings(max_records=3, max_wait_ms=7, drain_timeout_s=9.5)
+    assert batch.loop_options() == LoopOptions(
+        max_records=3, max_wait_ms=7, drain_timeout_s=9.5
+    )
 
 
 def test_limits_and_producer_options_follow_the_settings(

@@ -29,7 +29,12 @@ STALL_S = 0.5  # wide enough that a loaded machine answers two requests within i
 class Sidecar:
     def __init__(self, api_key: str | None) -> None:
         self.engine = FakeEngine()
-        self.state = WorkerState(engine=self.engine, stall_timeout_s=STALL_S)
+        self.inflight = 0  # stands in for the worker's task table, the one count
+        self.state = WorkerState(
+            engine=self.engine,
+            stall_timeout_s=STALL_S,
+            count_inflight=lambda: self.inflight,
+        )
         self.registry = CollectorRegistry()
         self.metrics = WorkerMetrics(self.registry, self.engine.name)
         self.app = build_sidecar(self.state, self.metrics, self.registry, api_key)
@@ -56,9 +61,20 @@ class Sidecar:
         self.state.joined = True
         self.state.assigned = frozenset({TopicPartition("ocr.requests", 0)})
 
+    def start_records(self, count: int = 1) -> None:
+        """As the worker admits records: work arriving on an idle worker starts the
+        stall clock."""
+        if self.inflight == 0:
+            self.state.work_arrived()
+        self.inflight += count
+
+    def finish_record(self) -> None:
+        self.inflight -= 1
+        self.state.progressed()
+
     async def stall(self) -> None:
         """A record in flight and nothing finished for longer than the stall timeout."""
-        self.state.record_started()
+        self.start_records()
         await asyncio.sleep(STALL_S * 3)
 
 
@@ -77,8 +93,7 @@ async def test_health_reports_the_seeds_fields(
     async with side.client() as client:
         starting = await client.get("/health")
         await side.make_ready()
-        for _ in range(3):
-            side.state.record_started()
+        side.start_records(3)
         running = await client.get("/health")
     # a model still loading is alive: a liveness probe must not kill it
     assert starting.status_code == 200
@@ -132,7 +147,7 @@ async def test_an_idle_worker_is_never_stalled(sidecar: Callable[..., Sidecar]) 
     await asyncio.sleep(STALL_S * 3)  # nothing in flight, nothing finished
     async with side.client() as client:
         response = await client.get("/health")
-        side.state.record_started()  # work arriving on an idle worker starts the clock
+        side.start_records()  # work arriving on an idle worker starts the clock
         arrived = await client.get("/health")
     assert response.status_code == 200
     assert arrived.status_code == 200
@@ -362,7 +377,7 @@ async def test_a_stall_shows_in_the_gauges(sidecar: Callable[..., Sidecar]) -> N
     async with side.client() as client:
         await side.stall()
         stalled = (await client.get("/metrics")).text
-        side.state.record_finished()
+        side.finish_record()
         moving = (await client.get("/metrics")).text
     assert "ocr_worker_stalled 1.0" in stalled
     assert "ocr_engine_up 0.0" in stalled

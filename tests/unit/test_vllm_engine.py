@@ -2,7 +2,9 @@
 
 ``FakeVllmClient`` stands where ``AsyncLlmClient`` stands in production: it records
 every request it is given and answers from a script, so these tests see exactly what the
-engine would be asked (image size, chat text, sampling) and what a page ends as.
+engine would be asked (image size, chat text, sampling) and what a page ends as. Its
+answers go through the real ``GenerationCollector`` as vLLM would send them: one final
+output, or word-sized deltas when a listener asked for a stream.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import importlib.util
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -17,12 +20,22 @@ import pytest
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
-from consumers.engines import OcrEngine, PageRequest, PageStatus
+from consumers.budget import PageBudget, PagePlaces
+from consumers.engines import (
+    OcrEngine,
+    PageEvent,
+    PageRequest,
+    PageStatus,
+    StreamRestarted,
+    TextDelta,
+)
+from consumers.engines.vllm_outputs import GenerationCollector
 from consumers.engines.vllm_pages import (
     WARM_UP_TOKENS,
     EngineMetrics,
     Generation,
     GenerationRequest,
+    TextSink,
     VllmClient,
     VllmPageEngine,
 )
@@ -44,8 +57,19 @@ from consumers.engines.vllm_requests import (
     require_gpus,
     visual_tokens,
 )
-from consumers.errors import ConfigurationError, EngineDeadError, PageFailedError
+from consumers.errors import (
+    ConfigurationError,
+    EngineBusyError,
+    EngineDeadError,
+    PageFailedError,
+)
+from consumers.inputs import Page
+from consumers.metrics import WorkerMetrics
+from consumers.recognition import PageOptions, PageRecognizer
+from consumers.retry import RetryPolicy
 from consumers.settings import DEFAULT_PROMPT, VllmSettings
+from schemas import OcrRequest
+from tests.support.records import consumer_record, sender_request
 
 CHAT = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{}<|im_end|>\n"
 TEXT_TOKENS = (
@@ -58,6 +82,31 @@ def settings(**overrides: object) -> VllmSettings:
     return VllmSettings.model_validate(overrides)
 
 
+@dataclass(frozen=True)
+class FakeCompletion:
+    """One ``CompletionOutput`` as vLLM sends it: whole (FINAL_ONLY) or a delta."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: str | None = None
+
+
+def vllm_outputs(generation: Generation, delta: bool) -> list[list[FakeCompletion]]:
+    """The ``RequestOutput.outputs`` vLLM would send for ``generation``."""
+    tokens = tuple(range(generation.output_tokens))
+    if not delta:
+        return [[FakeCompletion(generation.text, tokens, generation.finish_reason)]]
+    pieces = re.findall(r"\s*\S+", generation.text) or [""]
+    step = -(-len(tokens) // len(pieces))  # ceiling: every token is sent once
+    outputs = [
+        [FakeCompletion(piece, tokens[i * step : (i + 1) * step])]
+        for i, piece in enumerate(pieces)
+    ]
+    last = outputs[-1][0]
+    outputs[-1] = [FakeCompletion(last.text, last.token_ids, generation.finish_reason)]
+    return outputs
+
+
 @dataclass
 class FakeVllmClient:
     """Answers each generate() from ``script`` (one entry a call; the last repeats)."""
@@ -67,6 +116,7 @@ class FakeVllmClient:
     dead: bool = False
     warm_ups: list[GenerationRequest] = field(default_factory=list)
     requests: list[GenerationRequest] = field(default_factory=list)
+    streamed: list[bool] = field(default_factory=list)  # DELTA asked, per request
     rendered: list[str] = field(default_factory=list)
     closed: bool = False
 
@@ -80,7 +130,9 @@ class FakeVllmClient:
     def count_tokens(self, text: str) -> int:
         return TEXT_TOKENS
 
-    async def generate(self, request: GenerationRequest) -> Generation:
+    async def generate(
+        self, request: GenerationRequest, on_text: TextSink | None = None
+    ) -> Generation:
         if not self.warm_ups:  # start() sends one blank page first
             self.warm_ups.append(request)
             return Generation("", request.sampling.max_tokens, "length")
@@ -88,7 +140,12 @@ class FakeVllmClient:
         step = self.script[min(len(self.requests), len(self.script)) - 1]
         if isinstance(step, Exception):
             raise step
-        return step
+        collector = GenerationCollector(on_text)
+        self.streamed.append(collector.streams)
+        for completions in vllm_outputs(step, delta=collector.streams):
+            collector.add(completions)
+            await asyncio.sleep(0)  # one engine step
+        return collector.generation()
 
     def is_dead(self) -> bool:
         return self.dead
@@ -633,3 +690,140 @@ def test_real_engine_module_imports_only_with_vllm() -> None:
     else:
         module = importlib.import_module("consumers.engines.vllm")
         assert issubclass(module.VllmEngine, VllmPageEngine)
+
+
+# ------------------------------------------------- streaming and the transient path
+
+
+def deltas(events: list[PageEvent], attempt: int) -> str:
+    return "".join(
+        e.text for e in events if isinstance(e, TextDelta) and e.attempt == attempt
+    )
+
+
+async def test_without_a_listener_only_the_final_output_is_asked_for(
+    make_engine: Callable[..., tuple[VllmPageEngine, FakeVllmClient]],
+) -> None:
+    engine, client = make_engine([ok()])
+    await engine.start()
+    result = await engine.recognize(page())
+    assert result.text == ok().text
+    assert client.streamed == [False]
+
+
+async def test_a_listener_gets_the_text_as_it_is_generated(
+    make_engine: Callable[..., tuple[VllmPageEngine, FakeVllmClient]],
+) -> None:
+    engine, client = make_engine([ok()])
+    await engine.start()
+    events: list[PageEvent] = []
+    result = await engine.recognize(page(), events.append)
+    assert client.streamed == [True]
+    assert len(events) > 1
+    assert all(isinstance(e, TextDelta) and e.text for e in events)
+    assert deltas(events, 1) == result.text == ok().text
+    assert result.token_count == ok().output_tokens  # the deltas' tokens add up
+
+
+async def test_a_quality_retry_restarts_the_stream(
+    make_engine: Callable[..., tuple[VllmPageEngine, FakeVllmClient]],
+) -> None:
+    engine, _ = make_engine([LOOP, cut(), ok("clean text")], ENGINE_QUALITY_RETRIES=2)
+    await engine.start()
+    events: list[PageEvent] = []
+    result = await engine.recognize(page(), events.append)
+    assert (result.status, result.text, result.attempts) == (
+        PageStatus.OK,
+        "clean text",
+        3,
+    )
+    restarts = [e for e in events if isinstance(e, StreamRestarted)]
+    assert restarts == [
+        StreamRestarted(attempt=2, reason="REPETITIVE"),
+        StreamRestarted(attempt=3, reason="TRUNCATED"),
+    ]
+    assert deltas(events, 1) == LOOP.text
+    assert deltas(events, 2) == cut().text
+    assert deltas(events, 3) == "clean text"
+    # each restart comes before the text of the attempt it starts
+    assert events.index(restarts[1]) < events.index(TextDelta("clean", 3))
+
+
+@pytest.mark.parametrize("listening", [False, True])
+@pytest.mark.parametrize("reason", ["error", "abort"])
+async def test_a_request_vllm_ended_unfinished_is_transient(
+    make_engine: Callable[..., tuple[VllmPageEngine, FakeVllmClient]],
+    reason: str,
+    listening: bool,
+) -> None:
+    engine, _ = make_engine([Generation("half a pa", 3, reason)])
+    await engine.start()
+    events: list[PageEvent] = []
+    with pytest.raises(EngineBusyError, match="unfinished"):
+        await engine.recognize(page(), events.append if listening else None)
+
+
+async def test_a_busy_engine_is_retried_with_backoff_then_read(
+    make_engine: Callable[..., tuple[VllmPageEngine, FakeVllmClient]],
+) -> None:
+    """The transient path from the client seam to the page: vLLM's retryable error
+    becomes EngineBusyError, the page recognizer backs off and asks again."""
+    engine, client = make_engine([Generation("", 0, "error"), ok()])
+    await engine.start()
+    registry = CollectorRegistry()
+    seen: list[PageEvent] = []
+
+    def hook(request: OcrRequest, number: int, event: PageEvent) -> None:
+        seen.append(event)
+
+    recognizer = PageRecognizer(
+        engine,
+        WorkerMetrics(registry, engine.name),
+        PageOptions(
+            default_prompt=DEFAULT_PROMPT,
+            default_max_tokens=512,
+            retry=RetryPolicy(attempts=3, base_s=0.001, max_s=0.002),
+        ),
+        on_event=hook,
+    )
+    decoded = Page(1, Image.new("L", (1240, 1754), 255), None)
+    text = await recognizer.recognize(
+        consumer_record(b""),
+        sender_request(),
+        decoded,
+        1,
+        PagePlaces.admit(PageBudget(limit=1)),
+    )
+    assert (text.status, text.text) == (PageStatus.OK, ok().text)
+    assert len(client.requests) == 2
+    assert registry.get_sample_value("ocr_retries_total", {"reason": "transient"}) == 1
+    assert StreamRestarted(attempt=1, reason="ENGINE_BUSY") in seen
+    assert deltas(seen, 1) == ok().text  # what came after the restart
+
+
+def test_the_collector_keeps_the_last_final_output() -> None:
+    collector = GenerationCollector()
+    assert not collector.streams
+    collector.add([])
+    collector.add([FakeCompletion("환자", (1, 2), None)])
+    collector.add([FakeCompletion("환자 성명", (1, 2, 3), "stop")])
+    assert collector.generation() == Generation("환자 성명", 3, "stop")
+
+
+def test_the_collector_joins_deltas_and_streams_them() -> None:
+    pieces: list[str] = []
+    collector = GenerationCollector(pieces.append)
+    assert collector.streams
+    for completion in [
+        FakeCompletion("환자", (1,)),
+        FakeCompletion("", (2,)),  # a token that completes no character yet
+        FakeCompletion(" 성명", (3,), "length"),
+    ]:
+        collector.add([completion])
+    assert collector.generation() == Generation("환자 성명", 3, "length")
+    assert pieces == ["환자", " 성명"]
+
+
+def test_a_request_without_output_fails_the_page() -> None:
+    with pytest.raises(PageFailedError, match="no output"):
+        GenerationCollector().generation()

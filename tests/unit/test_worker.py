@@ -1,5 +1,6 @@
 """The worker loop through its consumer seam, without a broker: budget pauses,
-rebalances, fatal failures and the commit rule (data: generated blank PNG pages)."""
+rebalances, fatal failures, the commit rule and the counts in flight (data: generated
+blank PNG pages)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ from consumers.engines.fake import FakeEngine
 from consumers.inputs import ImageLimits
 from consumers.metrics import WorkerMetrics
 from consumers.outcomes import OutcomeBuilder
+from consumers.recognition import PageOptions, PageRecognizer
 from consumers.retry import RetryPolicy
-from consumers.state import WorkerState
+from consumers.state import DEFAULT_STALL_TIMEOUT_S, WorkerState
 from consumers.worker import LoopOptions, OcrWorker, WorkerFailedError
 from producers.results import ResultPublisher
 from schemas import OcrResult
-from tests.support.records import png_request
+from tests.support.records import decode_record, encode_record, png_request
 from tests.support.source import MemoryProducer, MemorySource
 
 P0 = TopicPartition("ocr.requests", 0)
@@ -34,25 +36,29 @@ FAST = RetryPolicy(attempts=2, base_s=0.001, max_s=0.002)
 class Loop:
     """A worker over a memory source and producer, with a fake engine."""
 
-    def __init__(self, engine: FakeEngine, *partitions: TopicPartition) -> None:
+    def __init__(
+        self,
+        engine: FakeEngine,
+        *partitions: TopicPartition,
+        stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
+    ) -> None:
         self.engine = engine
         self.source = MemorySource(assigned=set(partitions))
         self.producer = MemoryProducer()
-        metrics = WorkerMetrics(CollectorRegistry(), engine.name)
-        self.state = WorkerState(engine=engine)
+        self.registry = CollectorRegistry()
+        metrics = WorkerMetrics(self.registry, engine.name)
+        self.state = WorkerState(engine=engine, stall_timeout_s=stall_timeout_s)
         self.budget = PageBudget(engine.capacity())
-        recognizer = DocumentRecognizer(
+        pages = PageRecognizer(
             engine,
             metrics,
-            RecognizerOptions(
-                limits=ImageLimits(),
-                uri_roots=(),
-                default_prompt="p",
-                default_max_tokens=16,
-                retry=FAST,
-            ),
-            OutcomeBuilder(engine="fake", model="fake-1", worker_id="w"),
+            PageOptions(default_prompt="p", default_max_tokens=16, retry=FAST),
             state=self.state,
+        )
+        recognizer = DocumentRecognizer(
+            pages,
+            RecognizerOptions(limits=ImageLimits(), uri_roots=()),
+            OutcomeBuilder(engine="fake", model="fake-1", worker_id="w"),
         )
         self.worker = OcrWorker(
             self.source,
@@ -72,13 +78,21 @@ class Loop:
         self.stop = asyncio.Event()
 
     def publish(self, tp: TopicPartition, document_id: str) -> None:
-        self.source.append(tp, png_request(document_id).encode(), document_id.encode())
+        request = encode_record(png_request(document_id), tp.topic)
+        self.source.append(tp, request, document_id.encode())
 
     def results(self) -> list[OcrResult]:
-        return [OcrResult.decode(v) for t, v, _ in self.producer.sent if t == "res"]
+        return [
+            decode_record(OcrResult, v, t)
+            for t, v, _ in self.producer.sent
+            if t == "res"
+        ]
 
     def answered(self) -> set[str]:
         return {r.document_id for r in self.results()}
+
+    def gauge(self, name: str) -> float | None:
+        return self.registry.get_sample_value(name)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[asyncio.Task[None]]:
@@ -168,6 +182,9 @@ async def test_a_fatal_failure_commits_nothing_more() -> None:
     assert len(loop.source.commits) == commits
     assert all(commit.get(P0, 0) <= 1 for commit in loop.source.commits)
     assert "dies" not in loop.answered()
+    # the cancelled records left the count and gave their places back
+    assert loop.state.inflight_records == 0
+    assert loop.budget.used == 0
 
 
 def seeds() -> Iterator[int]:
@@ -207,3 +224,60 @@ def merged(commits: list[dict[TopicPartition, int]]) -> dict[TopicPartition, int
     for commit in commits:
         last.update(commit)
     return last
+
+
+async def test_records_in_flight_are_counted_once_by_the_gauge_and_the_state() -> None:
+    """The gauge and the stall check read the worker's tasks: both follow the records
+    the engine is holding, and both fall to 0 once they finished."""
+    ids = ["a", "b", "c"]
+    engine, gates = gated(*ids)
+    engine.capacity_pages = 8
+    loop = Loop(engine, P0)
+    await engine.start()
+    assert loop.gauge("ocr_inflight_records") == 0
+    for doc in ids:
+        loop.publish(P0, doc)
+    async with loop.running():
+        await loop.until(lambda: engine.concurrent == 3)
+        assert loop.gauge("ocr_inflight_records") == 3
+        assert loop.state.inflight_records == 3
+        assert loop.gauge("ocr_inflight_pages") == loop.budget.used == 3
+        gates["a"].set()
+        await loop.until(lambda: loop.answered() == {"a"})
+        await loop.until(lambda: loop.state.inflight_records == 2)
+        assert loop.gauge("ocr_inflight_records") == 2
+        gates["b"].set()
+        gates["c"].set()
+        await loop.until(lambda: loop.answered() == set(ids))
+        await loop.until(lambda: loop.state.inflight_records == 0)
+        assert loop.gauge("ocr_inflight_records") == 0
+        assert loop.gauge("ocr_inflight_pages") == loop.budget.used == 0
+
+
+STALL_S = 0.3
+
+
+async def test_a_stall_is_seen_while_records_are_in_flight_and_not_after() -> None:
+    engine, gates = gated("stuck", "later")
+    engine.capacity_pages = 8
+    loop = Loop(engine, P0, stall_timeout_s=STALL_S)
+    await engine.start()
+    loop.publish(P0, "stuck")
+    async with loop.running():
+        await loop.until(lambda: engine.concurrent == 1)
+        assert not loop.state.stalled()
+        await asyncio.sleep(STALL_S * 2)  # a record in flight, nothing finished
+        assert loop.state.stalled()
+        assert loop.state.check().status == "stalled"
+        gates["stuck"].set()
+        await loop.until(lambda: loop.state.inflight_records == 0)
+        assert not loop.state.stalled()
+        await asyncio.sleep(STALL_S * 2)  # idle: nothing in flight is never a stall
+        assert not loop.state.stalled()
+        loop.publish(P0, "later")  # work arriving on an idle worker restarts the clock
+        await loop.until(lambda: engine.concurrent == 1)
+        assert loop.state.inflight_records == 1
+        assert not loop.state.stalled()
+        assert loop.state.check().idle_s < STALL_S
+        gates["later"].set()
+        await loop.until(lambda: loop.answered() == {"stuck", "later"})

@@ -1,27 +1,24 @@
-"""Avro single-object encoding: ``C3 01`` + 8-byte little-endian CRC-64-AVRO fingerprint
-of the writer schema's canonical form + the Avro binary body.
+"""An Avro schema parsed once, and the Avro binary body of a record: no framing here.
 
-Any Avro library can identify and decode such a record from the fingerprint alone. Each
-codec parses its schema once and also knows the earlier versions kept in
-``schemas/history/``, so records written with an older schema still decode (resolved to
-the current one).
+An ``AvroSchema`` writes records as bodies and reads bodies written with itself or with
+any earlier version kept in ``schemas/history/`` (its ``writers``, keyed by
+fingerprint), resolved to the current schema. Which writer a body was written with is
+the framing's business (``schemas.framing``). Every value that cannot be written and
+every body that cannot be read is a ``CodecError``, whatever fastavro raised.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping
-from functools import cache
+from collections.abc import Iterable, Mapping
 from importlib import resources
+from types import MappingProxyType
 from typing import Any
 
 import fastavro
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 from fastavro.validation import validate
-
-MAGIC = b"\xc3\x01"
-HEADER_BYTES = len(MAGIC) + 8
 
 # fastavro's messages may quote the value (a whole 11 MiB string): a reason is cut to this.
 REASON_CHARS = 200
@@ -32,35 +29,45 @@ class CodecError(ValueError):
 
 
 def schema_fingerprint(schema: Mapping[str, Any]) -> bytes:
-    """The 8 bytes that follow the marker: CRC-64-AVRO, little-endian."""
+    """CRC-64-AVRO of the schema's canonical form: 8 bytes, little-endian."""
     canonical = to_parsing_canonical_form(dict(schema))
     # fastavro prints the fingerprint's bytes in little-endian order already.
     return bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
 
 
-class AvroCodec:
-    def __init__(
-        self, schema: Mapping[str, Any], history: tuple[Mapping[str, Any], ...] = ()
-    ) -> None:
-        self.name = str(schema["namespace"]) + "." + str(schema["name"])
-        self._schema = parse_schema(dict(schema))
-        self.fingerprint = schema_fingerprint(schema)
-        self._writers = {self.fingerprint: self._schema}
-        for old in history:
-            self._writers.setdefault(schema_fingerprint(old), parse_schema(dict(old)))
+class AvroSchema:
+    """One record schema, parsed once, and the writer schemas it can read."""
 
-    def encode(self, record: Mapping[str, Any]) -> bytes:
-        """The single-object bytes of ``record``; ``CodecError`` if it does not fit.
+    def __init__(
+        self, schema: Mapping[str, Any], history: Iterable[Mapping[str, Any]] = ()
+    ) -> None:
+        parsed = parse_schema(dict(schema))
+        if not isinstance(parsed, dict):
+            raise TypeError("an AvroSchema is a record schema")
+        self.parsed: dict[str, Any] = parsed
+        self.name = str(parsed["name"])  # the full name, namespace included
+        self.fingerprint = schema_fingerprint(schema)
+        writers = {self.fingerprint: self}
+        for old in history:
+            writer = AvroSchema(old)
+            writers.setdefault(writer.fingerprint, writer)
+        self.writers: Mapping[bytes, AvroSchema] = MappingProxyType(writers)
+
+    @classmethod
+    def load(cls, name: str) -> AvroSchema:
+        """The schema of a full name such as ``medocr.OcrResult``, with its history."""
+        return cls(read_schema(name), history_schemas(name))
+
+    def write_body(self, record: Mapping[str, Any]) -> bytes:
+        """The Avro binary body of ``record``; ``CodecError`` if it does not fit.
 
         The record is validated first: fastavro's writer alone would write an ``int``
         field of 2**40 that other Avro libraries then refuse to read.
         """
         body = io.BytesIO()
-        body.write(MAGIC)
-        body.write(self.fingerprint)
         try:
-            validate(dict(record), self._schema, raise_errors=True)
-            fastavro.schemaless_writer(body, self._schema, dict(record))
+            validate(dict(record), self.parsed, raise_errors=True)
+            fastavro.schemaless_writer(body, self.parsed, dict(record))
         except MemoryError:
             raise
         # A value fastavro cannot write raises whatever its code path happens to
@@ -69,17 +76,16 @@ class AvroCodec:
             raise CodecError(f"record does not fit {self.name}: {reason(exc)}") from exc
         return body.getvalue()
 
-    def decode(self, raw: bytes) -> dict[str, Any]:
-        if len(raw) < HEADER_BYTES or raw[:2] != MAGIC:
-            raise CodecError("not an Avro single-object record (missing C3 01 marker)")
-        writer = self._writers.get(raw[2:HEADER_BYTES])
-        if writer is None:
-            raise CodecError(
-                f"unknown schema fingerprint {raw[2:HEADER_BYTES].hex()} for {self.name}"
-            )
-        body = io.BytesIO(raw[HEADER_BYTES:])
+    def read_body(
+        self, body: bytes, writer: AvroSchema | None = None
+    ) -> dict[str, Any]:
+        """The record in ``body``, written with ``writer`` (default: this schema) and
+        resolved to this one; every byte of ``body`` must belong to it."""
+        source = io.BytesIO(body)
         try:
-            record = fastavro.schemaless_reader(body, writer, self._schema)
+            record = fastavro.schemaless_reader(
+                source, (writer or self).parsed, self.parsed
+            )
         except MemoryError:
             raise  # the process's trouble, not the record's
         # Reading in-memory bytes through a parsed, non-recursive schema touches nothing
@@ -90,7 +96,7 @@ class AvroCodec:
             raise CodecError(f"corrupt {self.name} body: {reason(exc)}") from exc
         if not isinstance(record, dict):
             raise CodecError(f"{self.name} body is not a record")
-        if body.tell() != len(raw) - HEADER_BYTES:
+        if source.tell() != len(body):
             raise CodecError(
                 f"{self.name} body has trailing bytes: wrong schema or corrupt"
             )
@@ -106,12 +112,14 @@ def reason(exc: BaseException) -> str:
 
 
 def read_schema(name: str) -> dict[str, Any]:
+    """The ``.avsc`` file of a full name, as JSON."""
     text = resources.files("schemas").joinpath(f"{name}.avsc").read_text("utf-8")
     schema: dict[str, Any] = json.loads(text)
     return schema
 
 
 def history_schemas(name: str) -> tuple[dict[str, Any], ...]:
+    """Each earlier version of a full name kept in ``schemas/history/``."""
     folder = resources.files("schemas").joinpath("history")
     found = sorted(
         entry.name
@@ -119,9 +127,3 @@ def history_schemas(name: str) -> tuple[dict[str, Any], ...]:
         if entry.name.startswith(name + ".") and entry.name.endswith(".avsc")
     )
     return tuple(json.loads(folder.joinpath(n).read_text("utf-8")) for n in found)
-
-
-@cache
-def load_codec(name: str) -> AvroCodec:
-    """The codec for a full name such as ``medocr.OcrResult`` (parsed once per process)."""
-    return AvroCodec(read_schema(name), history_schemas(name))
