@@ -1,4 +1,4 @@
-"""The ``medocr`` console script: broker, worker, publish, demo.
+"""The ``medocr`` console script: broker, worker, publish, gateway, demo.
 
 Settings are read from the environment here, once, and handed down.
 """
@@ -93,7 +93,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     publish.add_argument("--timeout", type=float, default=600.0, help="seconds to wait")
     publish.add_argument(
-        "--progress", action="store_true", help="with --wait: show page progress events"
+        "--progress",
+        action="store_true",
+        help=(
+            "with --wait: ask to stream and print each document's text as it is"
+            " recognised, a line at a time, every line prefixed with its document"
+            " and page ('… ID pN | text'; pages and documents interleave), each"
+            " page's end and status, and '[retry: page N restarts: REASON]'"
+        ),
     )
     publish.add_argument(
         "--by-reference",
@@ -105,6 +112,12 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("--temperature", type=float, default=0.0)
     publish.add_argument("--id-prefix", default="", help="prefix for document ids")
     publish.set_defaults(run=_publish)
+
+    gateway = sub.add_parser(
+        "gateway",
+        help="the HTTP API (/v1/ocr, /v1/chat/completions) answered through Kafka",
+    )
+    gateway.set_defaults(run=_gateway)
 
     demo = sub.add_parser("demo", help="broker + worker + the bundled sample scans")
     demo.set_defaults(run=_demo)
@@ -170,6 +183,32 @@ async def _publish(args: argparse.Namespace, settings: Settings) -> int:
     )
     async with settings.client(progress=options.show_progress) as client:
         return await publish_command(args.paths, client, options)
+
+
+async def _gateway(args: argparse.Namespace, settings: Settings) -> int:
+    from producers.gateway.server import GatewayStartError, run_gateway
+
+    kafka, listen = settings.kafka, settings.gateway
+    try:
+        config = listen.config(settings.limits, kafka.result_topic)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+    await verify_broker_tls(kafka.client_kwargs())
+    stop = asyncio.Event()
+    _on_signals(stop.set)
+    try:
+        async with settings.client(progress=True) as client:
+            await run_gateway(
+                client,
+                config,
+                client_kwargs=kafka.client_kwargs(),
+                host=listen.host,
+                port=listen.port,
+                stop=stop,
+            )
+    except GatewayStartError as exc:
+        raise ConfigurationError(str(exc)) from exc
+    return 0
 
 
 async def _demo(args: argparse.Namespace, settings: Settings) -> int:

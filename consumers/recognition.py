@@ -7,7 +7,9 @@ leaves. Either way the page gives back its budget place as soon as the engine is
 with it, is counted, and the progress callback hears of it (best effort).
 
 Engine events (text as it is generated, a restart) reach ``on_event`` with the request
-and the page number; without that hook the engine is asked for no stream at all.
+and the page number, for requests that ask to stream (``OcrRequest.stream``) only: for
+any other request, or without that hook, the engine is asked for no stream at all.
+``stream_hook`` makes that hook of a ``TextStream`` (``producers.progress``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from consumers.budget import PagePlaces
 from consumers.engines import (
@@ -47,6 +50,30 @@ log = logging.getLogger(__name__)
 PageCallback = Callable[[OcrRequest, OcrPage, int], Awaitable[None]]
 # (request, page number, event); called on the loop, so it must not block
 PageEventHook = Callable[[OcrRequest, int, PageEvent], None]
+
+
+class TextStream(Protocol):
+    """Where a streaming request's text goes as it is generated; must not block."""
+
+    def delta(
+        self, request: OcrRequest, page_number: int, text: str, attempt: int
+    ) -> None: ...
+
+    def restart(
+        self, request: OcrRequest, page_number: int, attempt: int, reason: str
+    ) -> None: ...
+
+
+def stream_hook(stream: TextStream) -> PageEventHook:
+    """The page event hook that tells ``stream`` the engine's events."""
+
+    def hook(request: OcrRequest, number: int, event: PageEvent) -> None:
+        if isinstance(event, TextDelta):
+            stream.delta(request, number, event.text, event.attempt)
+        else:
+            stream.restart(request, number, event.attempt, event.reason)
+
+    return hook
 
 
 @dataclass(frozen=True)
@@ -155,9 +182,10 @@ class PageRecognizer:
     def _listener(
         self, msg: Msg, request: OcrRequest, number: int
     ) -> PageListener | None:
-        """The page's events for the hook, which can never fail the page."""
+        """The page's events for the hook, which can never fail the page; none (and
+        so no stream from the engine) unless the request asks to stream."""
         hook = self._on_event
-        if hook is None:
+        if hook is None or not request.stream:
             return None
         failed = False
 

@@ -17,7 +17,7 @@ from consumers.engines import OcrEngine, build_engine
 from consumers.errors import ConfigurationError
 from consumers.metrics import WorkerMetrics
 from consumers.outcomes import OutcomeBuilder
-from consumers.recognition import PageOptions, PageRecognizer
+from consumers.recognition import PageOptions, PageRecognizer, stream_hook
 from consumers.retry import RetryPolicy
 from consumers.settings import Settings
 from consumers.sidecar import SidecarServer, build_sidecar
@@ -117,6 +117,11 @@ async def _consume(
     budget = PageBudget(batch.max_inflight_pages or engine.capacity())
     retry = RetryPolicy(attempts=batch.retry_attempts, max_s=batch.retry_backoff_max_s)
     limits = settings.limits
+    progress = ProgressSender(
+        publisher,
+        publish_pages=batch.publish_progress,
+        policy=batch.stream_policy(),
+    )
     pages = PageRecognizer(
         engine,
         metrics,
@@ -126,7 +131,8 @@ async def _consume(
             retry=retry,
         ),
         state=state,
-        on_page=ProgressSender(publisher) if batch.publish_progress else None,
+        on_page=progress,
+        on_event=stream_hook(progress),
     )
     recognizer = DocumentRecognizer(
         pages,
@@ -163,6 +169,7 @@ async def _consume(
     try:
         await worker.run(stop, burst=burst)
     finally:
+        await progress.aclose()
         await consumer.stop()
 
 

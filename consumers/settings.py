@@ -41,12 +41,19 @@ from consumers.intake import RequestLimits
 from consumers.retry import RetryPolicy
 from consumers.state import DEFAULT_STALL_TIMEOUT_S
 from consumers.worker import LoopOptions
+from producers.gateway.config import (
+    DEFAULT_MAX_WAITS,
+    DEFAULT_TIMEOUT_S,
+    HTTP_FETCH_TIMEOUT_S,
+    GatewayConfig,
+)
 from producers.kafka import (
     FETCH_MAX_WAIT_MS,
     MAX_DOCUMENT_BYTES,
     ProducerOptions,
     Topics,
 )
+from producers.streams import StreamPolicy
 
 if TYPE_CHECKING:
     from producers.client import OcrClient
@@ -58,6 +65,7 @@ _IMAGES = ImageLimits()
 _REQUESTS = RequestLimits()
 _RETRY = RetryPolicy()
 _LOOP = LoopOptions()
+_STREAM = StreamPolicy()
 
 
 def _env(name: str) -> AliasChoices:
@@ -254,10 +262,21 @@ class BatchSettings(_Group):
         _LOOP.drain_timeout_s, gt=0, validation_alias=_env("OCR_DRAIN_TIMEOUT_S")
     )
     publish_progress: bool = Field(False, validation_alias=_env("OCR_PUBLISH_PROGRESS"))
+    # A streaming request's text goes out this often, or every so many engine deltas.
+    stream_flush_s: float = Field(
+        _STREAM.flush_s, gt=0, validation_alias=_env("OCR_STREAM_FLUSH_S")
+    )
+    stream_flush_deltas: int = Field(
+        _STREAM.flush_deltas, ge=1, validation_alias=_env("OCR_STREAM_FLUSH_DELTAS")
+    )
     # Records in flight and no page finished for this long: /health answers 503.
     stall_timeout_s: float = Field(
         DEFAULT_STALL_TIMEOUT_S, gt=0, validation_alias=_env("OCR_STALL_TIMEOUT_S")
     )
+
+    def stream_policy(self) -> StreamPolicy:
+        """When a streaming request's buffered text goes out as one event."""
+        return StreamPolicy(self.stream_flush_s, self.stream_flush_deltas)
 
     def loop_options(self) -> LoopOptions:
         """How the worker's loop fetches and drains."""
@@ -357,6 +376,55 @@ class SidecarSettings(_Group):
         return None if isinstance(value, str) and not value.strip() else value
 
 
+class GatewaySettings(_Group):
+    """``medocr gateway``, a process of its own: HOST, PORT and API_KEY are the
+    sidecar's names, read again for it."""
+
+    host: str = Field("0.0.0.0", validation_alias=_env("HOST"))  # noqa: S104 - a server
+    port: int = Field(8000, ge=0, le=65535, validation_alias=_env("PORT"))
+    api_key: SecretStr | None = Field(None, validation_alias=_env("API_KEY"))
+    max_waits: int = Field(
+        DEFAULT_MAX_WAITS, ge=1, validation_alias=_env("GATEWAY_MAX_WAITS")
+    )
+    timeout_s: float = Field(
+        DEFAULT_TIMEOUT_S, gt=0, validation_alias=_env("GATEWAY_TIMEOUT_S")
+    )
+    # http(s) image URLs: off, the gateway would fetch whatever its senders name.
+    http_fetch: bool = Field(False, validation_alias=_env("GATEWAY_HTTP_FETCH"))
+    # 0 = OCR_MAX_DOCUMENT_BYTES
+    http_fetch_max_bytes: int = Field(
+        0, ge=0, validation_alias=_env("GATEWAY_HTTP_FETCH_MAX_BYTES")
+    )
+    http_fetch_timeout_s: float = Field(
+        HTTP_FETCH_TIMEOUT_S,
+        gt=0,
+        validation_alias=_env("GATEWAY_HTTP_FETCH_TIMEOUT_S"),
+    )
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _blank_key_is_no_key(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    def config(self, limits: LimitSettings, result_topic: str) -> GatewayConfig:
+        """What the gateway is told (``ValueError`` without a usable API_KEY)."""
+        key = self.api_key.get_secret_value() if self.api_key is not None else ""
+        cap = limits.max_document_bytes
+        return GatewayConfig(
+            api_key=key,
+            max_waits=self.max_waits,
+            timeout_s=self.timeout_s,
+            max_document_bytes=cap,
+            max_id_chars=limits.max_id_chars,
+            max_prompt_bytes=limits.max_prompt_bytes,
+            file_uri_roots=limits.uri_roots(),
+            http_fetch=self.http_fetch,
+            http_fetch_max_bytes=min(self.http_fetch_max_bytes or cap, cap),
+            http_fetch_timeout_s=self.http_fetch_timeout_s,
+            result_topic=result_topic,
+        )
+
+
 class Settings(BaseSettings):
     """Everything the worker and the CLI read from the environment."""
 
@@ -377,6 +445,7 @@ class Settings(BaseSettings):
     tesseract: TesseractSettings = Field(default_factory=TesseractSettings)
     vllm: VllmSettings = Field(default_factory=VllmSettings)
     sidecar: SidecarSettings = Field(default_factory=SidecarSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
 
     @classmethod
     def settings_customise_sources(

@@ -1,4 +1,15 @@
-"""``medocr publish``: send scans as OCR requests and optionally wait for each result."""
+"""``medocr publish``: send scans as OCR requests and optionally wait for each result.
+
+With ``--wait --progress`` the requests ask to stream, and each document's text is
+printed as it is generated, a line at a time, each line prefixed with its document and
+page (pages of one document, and documents of a folder, are read at once, so their
+lines interleave); a page that starts over says so, a page's end says its status::
+
+    … scan-01 p1 | 환자 성명: 홍길동
+    … scan-01 p1 [retry: page 1 restarts: REPETITIVE]
+    … scan-01 p1 | 환자 성명: 홍길동
+    … scan-01 page 1/2 OK
+"""
 
 from __future__ import annotations
 
@@ -6,7 +17,7 @@ import asyncio
 import sys
 from asyncio import FIRST_EXCEPTION
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -15,6 +26,10 @@ from producers.publisher import RequestOptions, build_request, find_scans
 from producers.replies import Reply
 from schemas import DocumentStatus, OcrProgress, OcrRequest, OcrResult
 from schemas.content_types import FORMAT_NAMES
+from schemas.records import ProgressKind
+
+# A page's text shown on its PAGE line when nothing of it was streamed (an older worker).
+PAGE_TEXT_CHARS = 200
 
 
 class ProgressBar:
@@ -49,7 +64,13 @@ class PublishOptions:
     request: RequestOptions = field(default_factory=RequestOptions)
     wait: bool = False
     timeout_s: float = 600.0
-    show_progress: bool = False  # needs an OcrClient opened with progress=True
+    show_progress: bool = False  # streams; needs an OcrClient opened with progress=True
+
+    def request_options(self) -> RequestOptions:
+        """What each request asks: to stream too when its progress is shown."""
+        if self.show_progress and not self.request.stream:
+            return replace(self.request, stream=True)
+        return self.request
 
 
 async def publish_command(
@@ -83,7 +104,9 @@ async def _publish(
     for path in scans:
         # Reading megabytes of scan off the loop lets the producer send the
         # previous record meanwhile instead of after the whole burst is read.
-        request = await asyncio.to_thread(build_request, path, options.request)
+        request = await asyncio.to_thread(
+            build_request, path, options.request_options()
+        )
         sends.append(asyncio.create_task(_send(client, request, options.wait)))
         bar.advance()
     try:
@@ -124,8 +147,10 @@ async def _wait(
     async def follow(reply: Reply) -> None:
         nonlocal failed
         if options.show_progress:
+            printer = ProgressPrinter()
             async for progress in reply.events():
-                print(format_progress(progress), file=out, flush=True)
+                for line in printer.lines(progress):
+                    print(line, file=out, flush=True)
         result = await reply.result()
         failed += result.status is DocumentStatus.FAILED
         bar.advance()
@@ -157,11 +182,37 @@ async def _wait(
     return 1 if failed else 0
 
 
-def format_progress(progress: OcrProgress) -> str:
-    return (
+class ProgressPrinter:
+    """One document's progress events as lines: streamed text a whole line at a time,
+    each prefixed with the document and page, restarts, and each page's end."""
+
+    def __init__(self) -> None:
+        self._partial: dict[int, str] = {}  # a page's text after its last newline
+        self._streamed: set[int] = set()  # pages with text shown
+
+    def lines(self, event: OcrProgress) -> list[str]:
+        number = event.page_number
+        where = f"… {event.document_id} p{number}"
+        if event.kind is ProgressKind.DELTA:
+            *whole, self._partial[number] = (
+                self._partial.get(number, "") + event.text
+            ).split("\n")
+            self._streamed.add(number)
+            return [f"{where} | {line}" for line in whole]
+        rest = self._partial.pop(number, "")  # the page's unfinished line
+        if event.kind is ProgressKind.RESTART:  # ... is dropped with the attempt
+            return [f"{where} [retry: page {number} restarts: {event.reason}]"]
+        lines = [f"{where} | {rest}"] if rest else []
+        return [*lines, format_progress(event, number not in self._streamed)]
+
+
+def format_progress(progress: OcrProgress, with_text: bool = True) -> str:
+    """A PAGE event: the page's status, and the start of its text if not streamed."""
+    head = (
         f"… {progress.document_id} page {progress.page_number}/{progress.page_count} "
-        f"{progress.status.value}: {progress.text[:200]}"
+        f"{progress.status.value}"
     )
+    return f"{head}: {progress.text[:PAGE_TEXT_CHARS]}" if with_text else head
 
 
 def format_result(result: OcrResult) -> str:

@@ -5,9 +5,10 @@ it): ``submit`` publishes a request and returns its ``Reply``, registered before
 request is sent so no result can be missed, however many other documents are in flight::
 
     async with OcrClient(client_kwargs, topics, progress=True) as client:
-        reply = await client.submit(request)
-        async for event in reply.events():  # page progress, until the result
-            ...
+        reply = await client.submit(request, stream=True)
+        text = PageTexts()
+        async for event in reply.events():  # DELTA, RESTART, PAGE... until the result
+            text.apply(event)  # each page's text so far: text.page(n)
         result = await reply.result(timeout_s=120)
 
 The result topic is read by one task, started by the first ``submit``; ``publish``
@@ -19,6 +20,7 @@ at once with ``ReplyReaderError`` and so does every later ``submit``. See
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -87,12 +89,20 @@ class OcrClient:
         returned future resolves when the broker has it."""
         return await self._publisher.publish(request)
 
-    async def submit(self, request: OcrRequest) -> Reply:
+    async def submit(self, request: OcrRequest, *, stream: bool | None = None) -> Reply:
         """Publish one request and return its reply once the broker has the request.
 
-        Submitting an id whose reply is still pending publishes again; both replies
-        get the first result for that id (results carry nothing else to tell them
-        apart)."""
+        ``stream``: ask for the text as it is generated (``Reply.events()`` yields its
+        DELTA and RESTART events), overriding ``request.stream``; a streaming request
+        needs a client opened with ``progress=True``. Submitting an id whose reply is
+        still pending publishes again; both replies get the first result for that id
+        (results carry nothing else to tell them apart)."""
+        if stream is not None and stream != request.stream:
+            request = dataclasses.replace(request, stream=stream)
+        if request.stream and not self._progress:
+            raise ValueError(
+                "a streaming request needs an OcrClient opened with progress=True"
+            )
         reader = await self._started_reader()
         reply = reader.expect(request.document_id)
         try:

@@ -1,61 +1,305 @@
-"""Page progress events: best effort, never in the way of a page or its result.
+"""Progress events: finished pages and streamed text, best effort, in order per document.
 
-A multi-page document's finished pages are published as they finish; the result itself
-follows once the last one is done, so a single page sends none. A send that fails, or a
-delivery the broker refuses, is logged (page number and error class, never the text) and
-forgotten: progress is a convenience for waiters, the result is the record of truth.
+What a worker publishes to the progress topic while a document is in flight:
+
+- ``PAGE``: a page finished, with its status and whole text: each page of a multi-page
+  document when ``publish_pages`` (``OCR_PUBLISH_PROGRESS=true``), and every page of a
+  request with ``stream=true`` (a single page too: a reader needs each page's end);
+- ``DELTA`` and ``RESTART``, for a request with ``stream=true`` only: the engine's text
+  as it is generated, coalesced (``producers.streams``), and a page that starts over
+  (its buffered text is dropped, the RESTART goes out at once).
+
+Every event goes out through one queue and one sending task (started when there is
+something to send, gone when idle), keyed by document id, so a document's events reach
+its partition in the order they were made, numbered 1, 2, 3... (``sequence``) per record.
+A page's DELTA text goes before its PAGE event, and the page callback returns once its
+PAGE event is handed to the producer, before the record's result is published.
+
+Best effort: a send the producer refuses, or a delivery the broker refuses, is logged
+(kind, page number and error class, never text) and counted in ``failures``; nothing
+here fails a page, a record or the worker. Memory is bounded: at most ``max_queued``
+events wait; DELTAs beyond that are dropped and counted in ``dropped`` (a gap in
+``sequence``), as are the DELTAs waiting behind a refused send: the page's PAGE event
+carries its whole text anyway.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import weakref
+from collections import deque
+from dataclasses import dataclass
+from functools import partial
 
 from aiokafka.structs import RecordMetadata
 
 from producers.results import ResultPublisher
-from schemas import OcrPage, OcrProgress, OcrRequest
-from schemas.records import utc_now
+from producers.streams import Coalesced, DeltaCoalescer, StreamPolicy
+from schemas import OcrPage, OcrProgress, OcrRequest, PageStatus
+from schemas.records import ProgressKind, utc_now
 
 log = logging.getLogger(__name__)
 
+SENDER_TASK_NAME = "medocr-progress-sender"
+# Events waiting for the sending task; DELTAs beyond it are dropped. A healthy producer
+# takes an event in microseconds, so only a stalled one ever fills it.
+MAX_QUEUED = 1024
+# A timer may fire this early (the loop's clock resolution); what is due this soon goes.
+_SLACK_S = 0.001
+
+
+@dataclass(eq=False)
+class _Document:
+    """One record's stream: its document id and the numbers its events took so far."""
+
+    document_id: str
+    sequence: int = 0
+    warned: bool = False  # one warning a record for its lost DELTAs
+
+    def numbered(self) -> int:
+        self.sequence += 1
+        return self.sequence
+
+
+_PageKey = tuple[_Document, int]  # the record's stream, the page number
+
+
+@dataclass
+class _Queued:
+    document: _Document
+    event: OcrProgress
+    handed: asyncio.Future[None] | None = None  # a page callback waits for it
+
 
 class ProgressSender:
-    """A page callback for the worker that publishes each finished page."""
+    """The worker's progress channel: its page callback (``await sender(request, page,
+    count)``) and the hook of a streaming request's text (``delta``, ``restart``)."""
 
-    def __init__(self, publisher: ResultPublisher) -> None:
+    def __init__(
+        self,
+        publisher: ResultPublisher,
+        *,
+        publish_pages: bool = True,
+        policy: StreamPolicy | None = None,
+        max_queued: int = MAX_QUEUED,
+    ) -> None:
+        """``publish_pages``: PAGE events for multi-page documents that do not stream
+        (``OCR_PUBLISH_PROGRESS``); ``policy``: when buffered text goes out."""
         self._publisher = publisher
-        self.failures = 0
+        self._publish_pages = publish_pages
+        self._coalescer: DeltaCoalescer[_PageKey] = DeltaCoalescer(policy)
+        self._max_queued = max_queued
+        # Each record's stream, by the identity of its request object: forgotten when
+        # the record lets go of its request, however the record ended.
+        self._documents: dict[int, _Document] = {}
+        self._queue: deque[_Queued] = deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.failures = 0  # sends or deliveries refused
+        self.dropped = 0  # events never sent (see above; and what waits at aclose)
 
     async def __call__(
         self, request: OcrRequest, page: OcrPage, page_count: int
     ) -> None:
-        if page_count < 2:
+        """A page finished: its text still buffered, then its PAGE event, handed over."""
+        if self._closed:
+            return
+        if not request.stream and not (self._publish_pages and page_count > 1):
             return  # the result itself follows at once
-        event = OcrProgress(
-            document_id=request.document_id,
-            page_number=page.page_number,
-            page_count=page_count,
-            status=page.status,
-            emitted_at=utc_now(),
-            text=page.text,
+        document = self._document(request)
+        rest = self._coalescer.take((document, page.page_number))
+        if rest is not None:
+            self._put_delta(rest)
+        handed = asyncio.get_running_loop().create_future()
+        self._put(
+            document,
+            OcrProgress(
+                document_id=request.document_id,
+                page_number=page.page_number,
+                page_count=page_count,
+                status=page.status,
+                emitted_at=utc_now(),
+                text=page.text,
+                sequence=document.numbered(),
+            ),
+            handed,
         )
+        await handed
+
+    def delta(
+        self, request: OcrRequest, page_number: int, text: str, attempt: int
+    ) -> None:
+        """Text a streaming request's page generated; never blocks, never raises."""
+        if self._closed or not request.stream or not text:
+            return
+        key = (self._document(request), page_number)
+        now_s = asyncio.get_running_loop().time()
+        for ready in self._coalescer.add(key, text, attempt, now_s):
+            self._put_delta(ready)
+        self._running()  # the timer of what waits
+
+    def restart(
+        self, request: OcrRequest, page_number: int, attempt: int, reason: str
+    ) -> None:
+        """A streaming request's page starts over: its buffered text is dropped and a
+        RESTART goes out at once."""
+        if self._closed or not request.stream:
+            return
+        document = self._document(request)
+        self._coalescer.discard((document, page_number))
+        self._put(
+            document,
+            OcrProgress(
+                document_id=document.document_id,
+                page_number=page_number,
+                page_count=0,
+                status=PageStatus.OK,
+                emitted_at=utc_now(),
+                kind=ProgressKind.RESTART,
+                attempt=attempt,
+                sequence=document.numbered(),
+                reason=reason,
+            ),
+        )
+
+    async def aclose(self) -> None:
+        """Stop: what still waits is dropped, the sending task is gone on return."""
+        self._closed = True
+        task = self._task
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+        self._drop_queued()
+        self.dropped += self._coalescer.clear()
+
+    def streams(self) -> int:
+        """Records whose stream is remembered (their request is still alive)."""
+        return len(self._documents)
+
+    def _document(self, request: OcrRequest) -> _Document:
+        key = id(request)
+        document = self._documents.get(key)
+        if document is None:
+            document = self._documents[key] = _Document(request.document_id)
+            # Runs as the request is freed, before its id can be reused.
+            weakref.finalize(request, self._documents.pop, key, None)
+        return document
+
+    def _put_delta(self, ready: Coalesced[_PageKey]) -> None:
+        document, number = ready.key
+        self._put(
+            document,
+            OcrProgress(
+                document_id=document.document_id,
+                page_number=number,
+                page_count=0,
+                status=PageStatus.OK,
+                emitted_at=utc_now(),
+                text=ready.text,
+                kind=ProgressKind.DELTA,
+                attempt=ready.attempt,
+                sequence=document.numbered(),
+            ),
+        )
+
+    def _put(
+        self,
+        document: _Document,
+        event: OcrProgress,
+        handed: asyncio.Future[None] | None = None,
+    ) -> None:
+        if event.kind is ProgressKind.DELTA and len(self._queue) >= self._max_queued:
+            self._lost(document, 1, "the queue is full")
+            return
+        self._queue.append(_Queued(document, event, handed))
+        self._wake.set()
+        self._running()
+
+    def _running(self) -> None:
+        if self._task is None and not self._closed:
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=SENDER_TASK_NAME
+            )
+
+    async def _run(self) -> None:
+        """Send what is queued, in order; flush buffers as they come due; end idle."""
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                for ready in self._coalescer.due(loop.time() + _SLACK_S):
+                    self._put_delta(ready)
+                if self._queue:
+                    await self._send(self._queue.popleft())
+                    continue
+                due_s = self._coalescer.next_due_s()
+                if due_s is None:
+                    return  # idle: the next event starts another task
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, due_s - loop.time())):
+                        await self._wake.wait()
+        except Exception as exc:  # noqa: BLE001 - a bug here must not leave waiters
+            # the class only: a message may quote the text
+            log.error("progress sender stopped (%s)", type(exc).__name__)  # noqa: TRY400
+        finally:
+            self._task = None
+            self._drop_queued()  # empty unless cancelled or broken
+
+    async def _send(self, queued: _Queued) -> None:
+        event = queued.event
         try:
             delivery = await self._publisher.send_progress(event)
+        except asyncio.CancelledError:  # closing: it never went
+            self.dropped += 1
+            raise
         except Exception as exc:  # noqa: BLE001 - best effort, by design
-            self._failed(page.page_number, exc)
-            return
-        delivery.add_done_callback(lambda done: self._delivered(page.page_number, done))
+            self._failed(event, exc)
+            self._drop_deltas()  # behind a refused send: the PAGE event has the text
+        else:
+            delivery.add_done_callback(partial(self._delivered, event))
+        finally:
+            if queued.handed is not None and not queued.handed.done():
+                queued.handed.set_result(None)
 
-    def _delivered(self, number: int, delivery: asyncio.Future[RecordMetadata]) -> None:
+    def _delivered(
+        self, event: OcrProgress, delivery: asyncio.Future[RecordMetadata]
+    ) -> None:
         if delivery.cancelled():
             return
         exc = delivery.exception()
         if exc is not None:
-            self._failed(number, exc)
+            self._failed(event, exc)
 
-    def _failed(self, number: int, exc: BaseException) -> None:
+    def _failed(self, event: OcrProgress, exc: BaseException) -> None:
         self.failures += 1
         log.warning(
-            "progress of page %d not delivered (%s)", number, type(exc).__name__
+            "progress %s of page %d not delivered (%s)",
+            event.kind.value,
+            event.page_number,
+            type(exc).__name__,
         )
+
+    def _drop_deltas(self) -> None:
+        kept: deque[_Queued] = deque()
+        for queued in self._queue:
+            if queued.event.kind is ProgressKind.DELTA:
+                self._lost(queued.document, 1, "a send was refused")
+            else:
+                kept.append(queued)
+        self._queue = kept
+
+    def _drop_queued(self) -> None:
+        while self._queue:
+            queued = self._queue.popleft()
+            self.dropped += 1
+            if queued.handed is not None and not queued.handed.done():
+                queued.handed.set_result(None)
+
+    def _lost(self, document: _Document, count: int, why: str) -> None:
+        self.dropped += count
+        if not document.warned:
+            document.warned = True
+            log.warning("progress events of a document dropped (%s)", why)

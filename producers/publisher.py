@@ -24,6 +24,7 @@ class RequestOptions:
     by_reference: bool = False  # send file:// URIs instead of the bytes
     id_prefix: str = ""
     attributes: dict[str, str] = field(default_factory=dict)
+    stream: bool = False  # ask for the text as it is generated, as progress events
 
 
 def find_scans(paths: Sequence[Path]) -> list[Path]:
@@ -73,6 +74,7 @@ def build_request(path: Path, options: RequestOptions) -> OcrRequest:
         temperature=options.temperature,
         source_system=options.source_system,
         attributes=dict(options.attributes),
+        stream=options.stream,
     )
 
 

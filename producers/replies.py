@@ -1,9 +1,11 @@
-"""Replies: the result (and page progress) of each document one is waiting for.
+"""Replies: the result (and progress events) of each document one is waiting for.
 
 One ``ReplyReader`` reads the result topic, and the progress topic when asked, from its
 end at start-up, without a consumer group, and hands each record to the ``Reply`` of
 its document id. Records of documents nobody waits for are skipped. Results are matched
-by document id only: every reply waiting on an id gets the first result for it.
+by document id only: every reply waiting on an id gets the first result for it. A
+document's progress events come in the order the worker sent them (one partition);
+``PageTexts`` turns a streaming request's events into each page's text so far.
 
 Errors a reply raises::
 
@@ -20,7 +22,15 @@ from collections.abc import AsyncIterator, Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from schemas import AvroSerde, CodecError, OcrProgress, OcrResult, SerdeContext
+from schemas import (
+    AvroSerde,
+    CodecError,
+    OcrProgress,
+    OcrResult,
+    PageStatus,
+    SerdeContext,
+)
+from schemas.records import FORM_FEED, ProgressKind
 
 READER_TASK_NAME = "medocr-reply-reader"
 
@@ -79,8 +89,9 @@ class Reply:
         raise self._outcome
 
     async def events(self) -> AsyncIterator[OcrProgress]:
-        """Each page's progress as it arrives; ends when the result does (or the
-        error the reply ended with is raised)."""
+        """The document's progress events in the order sent (finished pages; for a
+        streaming request also its text as generated and restarts); ends when the
+        result arrives (or the error the reply ended with is raised)."""
         if not self._streams_events:
             raise ValueError(
                 "no progress events: open the OcrClient with progress=True"
@@ -108,6 +119,61 @@ class Reply:
         self._done.set()
         self._events.put_nowait(None)
         self._forget(self)
+
+
+class PageTexts:
+    """A document's text as its progress events tell it: each page's text so far.
+
+    DELTA appends to its page, RESTART empties it, PAGE replaces it with the page's
+    whole text and says it is final. A gap in ``sequence`` (a lost event) leaves the
+    pages not yet final ``incomplete`` until their PAGE event; a smaller ``sequence``
+    means the document started over (redelivered to another worker): every page is
+    emptied. Events without a sequence (0, an older worker) are taken as they come.
+    """
+
+    def __init__(self) -> None:
+        self._texts: dict[int, str] = {}
+        self.statuses: dict[int, PageStatus] = {}  # pages final, with their status
+        self.incomplete: set[int] = set()  # pages that may miss text until final
+        self._sequence = 0
+
+    def apply(self, event: OcrProgress) -> int:
+        """Take one event of the document; the number of the page it changed."""
+        number = event.page_number
+        if self._gap_before(event.sequence):
+            self._texts.setdefault(number, "")
+            self.incomplete.update(n for n in self._texts if n not in self.statuses)
+        if event.kind is ProgressKind.PAGE:
+            self._texts[number] = event.text
+            self.statuses[number] = event.status
+            self.incomplete.discard(number)
+        elif event.kind is ProgressKind.RESTART:
+            self._texts[number] = ""
+        elif number not in self.statuses:  # a DELTA; none after the page is final
+            self._texts[number] = self._texts.get(number, "") + event.text
+        return number
+
+    def page(self, number: int) -> str:
+        """Page ``number``'s text so far."""
+        return self._texts.get(number, "")
+
+    def text(self) -> str:
+        """The pages so far in page order, form-feed separated (as a result's text)."""
+        return FORM_FEED.join(self._texts[n] for n in sorted(self._texts))
+
+    def _gap_before(self, sequence: int) -> bool:
+        """Whether events were lost before this one; a document that starts over is
+        forgotten first."""
+        if sequence == 0:
+            return False
+        if sequence <= self._sequence:  # the document starts over
+            self._texts.clear()
+            self.statuses.clear()
+            self.incomplete.clear()
+            self._sequence = 0
+        gap = sequence > self._sequence + 1
+        self._sequence = sequence
+        return gap
 
 
 class ReplyReader:

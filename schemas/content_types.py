@@ -38,7 +38,14 @@ FORMATS: tuple[ContentType, ...] = (
     ContentType("image/png", "PNG", (".png",), magic(b"\x89PNG\r\n\x1a\n")),
     ContentType("image/jpeg", "JPEG", (".jpg", ".jpeg"), magic(b"\xff\xd8\xff")),
     ContentType("image/tiff", "TIFF", (".tif", ".tiff"), magic(b"II*\x00", b"MM\x00*")),
-    ContentType("application/pdf", "PDF", (".pdf",), lambda head: b"%PDF-" in head),
+    # "%PDF-" anywhere in the head, unless it is a DICOM file's: an Encapsulated PDF's
+    # document starts within its first kilobyte
+    ContentType(
+        "application/pdf",
+        "PDF",
+        (".pdf",),
+        lambda head: b"%PDF-" in head and b"DICM" not in (head[:4], head[128:132]),
+    ),
     # Part-10 files: a 128-byte preamble, then "DICM" (some writers leave the preamble
     # out and start with "DICM"). PACS exports often have no suffix.
     ContentType(

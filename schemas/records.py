@@ -31,6 +31,12 @@ class PageStatus(enum.Enum):
     FAILED = "FAILED"  # no text: the page failed (error_code says why)
 
 
+class ProgressKind(enum.Enum):
+    PAGE = "PAGE"  # a page finished: its status and whole text
+    DELTA = "DELTA"  # more of a page's text, as generated (a request with stream=true)
+    RESTART = "RESTART"  # the page starts over: drop its text so far
+
+
 class TextSource(enum.Enum):
     OCR = "OCR"  # recognised by the engine
     TEXT_LAYER = "TEXT_LAYER"  # the PDF page's own text layer
@@ -64,6 +70,7 @@ class OcrRequest(_Avro):
     source_system: str | None = None
     correlation_id: str | None = None
     attributes: dict[str, str] = field(default_factory=dict)
+    stream: bool = False  # publish the text as it is generated, as progress events
 
 
 @dataclass(frozen=True)
@@ -170,18 +177,35 @@ class OcrDeadLetter(_Avro):
 
 @dataclass(frozen=True)
 class OcrProgress(_Avro):
+    """A page finished (PAGE), or, while it is read, more of its text (DELTA) or its
+    start over (RESTART); ``sequence`` orders one document's events (0: unnumbered)."""
+
     SCHEMA: ClassVar[str] = "medocr.OcrProgress"
 
     document_id: str
     page_number: int
-    page_count: int
-    status: PageStatus
+    page_count: int  # 0 on DELTA and RESTART
+    status: PageStatus  # OK on DELTA and RESTART
     emitted_at: datetime
     text: str = ""
+    kind: ProgressKind = ProgressKind.PAGE
+    attempt: int = 1
+    sequence: int = 0
+    reason: str | None = None  # RESTART: the dropped attempt's status or error code
 
     def to_avro(self) -> dict[str, Any]:
-        return {**asdict(self), "status": self.status.value}
+        return {
+            **asdict(self),
+            "status": self.status.value,
+            "kind": self.kind.value,
+        }
 
     @classmethod
     def from_avro(cls, record: dict[str, Any]) -> Self:
-        return cls(**{**record, "status": PageStatus(record["status"])})
+        return cls(
+            **{
+                **record,
+                "status": PageStatus(record["status"]),
+                "kind": ProgressKind(record.get("kind", "PAGE")),
+            }
+        )

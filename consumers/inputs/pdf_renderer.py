@@ -47,8 +47,8 @@ from consumers.inputs.pdf_workbench import (
     Request,
 )
 
-# Page renders worth running at once: the worker decodes at most four pages at a time
-# (consumers.documents.DECODE_CONCURRENCY), so a fifth child would sit idle.
+# Children at most, so renders at once (PdfDecoder.concurrency is the pool's size): as
+# many as a scan's Pillow decodes (RasterDecoder.concurrency), each ~90-140 MB of memory.
 MAX_CHILDREN = 4
 TIMEOUT_S = 60.0  # the worker's default OCR_DECODE_TIMEOUT_S
 # Address space a child may map beyond its imports: a 4096 px page is 64 MB, PDFium's

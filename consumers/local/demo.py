@@ -19,7 +19,12 @@ from consumers.runner import run_worker
 from consumers.settings import Settings
 from producers.kafka import EMBEDDED_BROKER_FETCH_MAX_WAIT_MS
 from producers.publisher import RequestOptions, find_scans
-from schemas import DocumentStatus, OcrResult
+from schemas import DocumentStatus, OcrResult, TextSource
+from schemas.content_types import FORMATS
+
+FORMAT_NAMES_BY_TYPE = {
+    content_type.mime: content_type.name for content_type in FORMATS
+}
 
 
 def samples_folder() -> Path:
@@ -70,10 +75,11 @@ async def run_demo(settings: Settings) -> int:
             kafka.partitions,
         )
         scans = sample_scans()
+        png = next((scan for scan in scans if scan.suffix == ".png"), None)
         corrupt = Path(tmp) / "corrupt-scan.png"
         corrupt.write_bytes(
-            scans[-1].read_bytes()[:2000]
-            if scans[-1].suffix == ".png"
+            png.read_bytes()[:2000]
+            if png is not None
             else b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
         )
         print(
@@ -103,6 +109,26 @@ async def run_demo(settings: Settings) -> int:
     return _summary(results, elapsed, status)
 
 
+def describe_source(result: OcrResult) -> str:
+    """The document's format; for a PDF where each page's text came from, for DICOM
+    the identifiers that came back (the samples' are made up: DEMO-0001)."""
+    name = FORMAT_NAMES_BY_TYPE.get(result.source_format, result.source_format)
+    notes = []
+    if result.source_format == "application/pdf" or any(
+        page.text_source is not TextSource.OCR for page in result.pages
+    ):
+        notes += [
+            f"p{page.source_page or page.page_number} {page.text_source.value}"
+            for page in result.pages
+        ]
+    if result.source_attributes:
+        patient = result.source_attributes.get("PatientID")
+        count = len(result.source_attributes)
+        notes.append(f"{count} identifier{'s' if count != 1 else ''} back")
+        notes += [f"PatientID={patient}"] if patient else []
+    return f"{name} ({', '.join(notes)})" if notes else name
+
+
 def _summary(results: list[OcrResult], elapsed_s: float, status: int) -> int:
     ok = [r for r in results if r.status is DocumentStatus.OK]
     failed = [r for r in results if r.status is DocumentStatus.FAILED]
@@ -123,8 +149,9 @@ def _summary(results: list[OcrResult], elapsed_s: float, status: int) -> int:
                 )
             ]
             print(
-                f"  OK     {result.document_id}: CER {micro_cer(scores):.3f} "
-                f"against the ground truth ({result.page_count} pages)"
+                f"  OK     {result.document_id}: {describe_source(result)}, "
+                f"CER {micro_cer(scores):.3f} against the ground truth "
+                f"({result.page_count} pages)"
             )
     for result in failed:
         print(f"  FAILED {result.document_id}: {result.error_code} (dead-lettered)")

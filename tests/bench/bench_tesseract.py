@@ -247,7 +247,8 @@ async def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
 
     data_dir = args.data or default_data_dir()
-    cases = load_manifest(data_dir)
+    # the tesseract CLI reads images only (the bundled samples also hold a PDF and DICOM)
+    cases = [c for c in load_manifest(data_dir) if c.format in ("png", "jpeg", "tiff")]
     settings = Settings()
     tesseract = settings.tesseract.model_copy(update={"workers": args.workers})
     settings = settings.model_copy(update={"tesseract": tesseract})

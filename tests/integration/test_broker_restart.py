@@ -10,17 +10,19 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from consumers.engines.fake import FakeEngine
 from consumers.local.broker import ensure_topics
-from consumers.local.demo import sample_scans
 from consumers.runner import run_worker
 from consumers.settings import Settings
 from producers.publisher import RequestOptions, build_request
+from tests.support.cer import SAMPLES_DIR
 from tests.support.kafka import publish_requests, read_outputs
 
 pytestmark = pytest.mark.integration
 
 
 async def publish(settings: Settings, prefix: str, count: int) -> list[str]:
-    scan = sample_scans()[0]
+    # The topic keeps the fixture's 4 partitions; these ids put two of the three
+    # records on partition 0, the one whose committed offset is past its end.
+    scan = SAMPLES_DIR / "pub-0007.tif"
     requests = [
         build_request(scan, RequestOptions(id_prefix=f"{prefix}{n}-"))
         for n in range(count)
@@ -32,7 +34,7 @@ async def publish(settings: Settings, prefix: str, count: int) -> list[str]:
 async def test_a_committed_offset_past_the_end_is_reset_not_skipped(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Data: the first bundled sample under new ids. The group's committed offset is
+    """Data: the bundled pub-0007 under new ids. The group's committed offset is
     100 on a partition holding 3 records: what a worker finds after the embedded broker
     restarted empty under it. Apache Kafka answers such a fetch with
     OFFSET_OUT_OF_RANGE and the client resets; a broker that answers with nothing must

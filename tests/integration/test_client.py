@@ -218,26 +218,60 @@ async def test_publish_wait_stops_at_once_when_the_reader_dies(
             await asyncio.wait_for(waiting, 5)
 
 
-async def test_publish_wait_progress_prints_pages_before_their_result(
+async def test_publish_wait_progress_streams_each_page_before_its_result(
     settings: Settings, tmp_path: Path
 ) -> None:
-    batch = settings.batch.model_copy(update={"publish_progress": True})
-    settings = settings.model_copy(update={"batch": batch})
     scan = tmp_path / "three-pages.tif"
     scan.write_bytes(multipage_tiff([(64, 32 + i) for i in range(3)]))
     out = io.StringIO()
     options = PublishOptions(wait=True, timeout_s=60, show_progress=True)
     async with (
-        running_worker(settings, FakeEngine(delay_s=0.1)),
+        running_worker(settings, FakeEngine(delay_s=0.1)),  # no OCR_PUBLISH_PROGRESS
         client_for(settings, progress=True) as client,
     ):
         status = await publish_command([scan], client, options, out=out)
     lines = out.getvalue().splitlines()
     assert status == 0
-    assert sorted(lines[:3]) == [
-        f"… three-pages page {n}/3 OK: three-pages p{n} 64x{31 + n}" for n in (1, 2, 3)
+    for n in (1, 2, 3):  # pages interleave; each page's text comes before its end
+        text = lines.index(f"… three-pages p{n} | three-pages p{n} 64x{31 + n}")
+        assert lines.index(f"… three-pages page {n}/3 OK") > text
+    assert lines[6].startswith("== three-pages: OK (3 pages")
+
+
+async def test_publish_wait_progress_prefixes_documents_and_shows_restarts(
+    settings: Settings, tmp_path: Path
+) -> None:
+    scans = scan_files(tmp_path, "alpha", "beta")
+    out = io.StringIO()
+    options = PublishOptions(wait=True, timeout_s=60, show_progress=True)
+    engine = FakeEngine(restarts={("alpha", 1)})
+    async with (
+        running_worker(settings, engine),
+        client_for(settings, progress=True) as client,
+    ):
+        status = await publish_command(scans, client, options, out=out)
+    lines = out.getvalue().splitlines()
+    assert status == 0
+    alpha = [line for line in lines if line.startswith("… alpha")]
+    assert alpha == [
+        "… alpha p1 [retry: page 1 restarts: REPETITIVE]",
+        "… alpha p1 | alpha p1 64x32",
+        "… alpha page 1/1 OK",
     ]
-    assert lines[3].startswith("== three-pages: OK (3 pages")
+    assert [line for line in lines if line.startswith("… beta")] == [
+        "… beta p1 | beta p1 64x32",
+        "… beta page 1/1 OK",
+    ]
+    result = next(i for i, line in enumerate(lines) if line.startswith("== alpha: OK"))
+    assert lines.index("… alpha page 1/1 OK") < result
+
+
+async def test_a_streaming_submit_needs_a_client_that_reads_progress(
+    settings: Settings,
+) -> None:
+    async with client_for(settings) as client:
+        with pytest.raises(ValueError, match="progress=True"):
+            await client.submit(png_request("alpha"), stream=True)
 
 
 async def test_publish_without_wait_is_fire_and_forget(

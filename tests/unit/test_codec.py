@@ -32,6 +32,7 @@ from schemas import (
 )
 from schemas.avro import read_schema, schema_fingerprint
 from schemas.framing import HEADER_BYTES
+from schemas.records import ProgressKind
 from tests.support.records import decode_record, encode_record
 
 AT = datetime(2024, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)  # 1704164645678 ms
@@ -104,6 +105,30 @@ def small_result() -> OcrResult:
     )
 
 
+def delta_progress() -> OcrProgress:
+    return OcrProgress(
+        document_id="doc-1",
+        page_number=2,
+        page_count=0,
+        status=PageStatus.OK,
+        emitted_at=AT,
+        text="환자",
+        kind=ProgressKind.DELTA,
+        attempt=2,
+        sequence=7,
+    )
+
+
+def restart_progress() -> OcrProgress:
+    return replace(
+        delta_progress(),
+        text="",
+        kind=ProgressKind.RESTART,
+        sequence=8,
+        reason="REPETITIVE",
+    )
+
+
 def small_dead_letter() -> OcrDeadLetter:
     return OcrDeadLetter(
         source_topic="ocr.requests",
@@ -132,6 +157,7 @@ REQUEST_BODY = (
     + "00"  # source_system: null
     + "00"  # correlation_id: null
     + "00"  # attributes: empty map
+    + "00"  # stream: false
 )
 # page_number, status OK, text, error_code null, token_count 0, time 0, attempts 1,
 # source_page null, text_source OCR
@@ -180,12 +206,40 @@ DEAD_LETTER_BODY = (
     + "00"  # omitted_fields: []
 )
 
+DELTA_BODY = (
+    _string("doc-1")
+    + "04"  # page_number 2
+    + "00"  # page_count 0 (not said on a DELTA)
+    + _string("OK")
+    + _string("환자")
+    + "dcec86829963"  # emitted_at
+    + "02"  # kind: DELTA (enum index 1)
+    + "04"  # attempt 2
+    + "0e"  # sequence 7
+    + "00"  # reason: null
+)
+RESTART_BODY = (
+    _string("doc-1")
+    + "04"  # page_number 2
+    + "00"  # page_count 0
+    + _string("OK")
+    + _string("")
+    + "dcec86829963"  # emitted_at
+    + "04"  # kind: RESTART (enum index 2)
+    + "04"  # attempt 2
+    + "10"  # sequence 8
+    + "02"  # reason: union branch 1 (string)
+    + _string("REPETITIVE")
+)
+
 GOLDEN = [
     pytest.param(small_request, "medocr.OcrRequest", REQUEST_BODY, id="request"),
     pytest.param(small_result, "medocr.OcrResult", RESULT_BODY, id="result"),
     pytest.param(
         small_dead_letter, "medocr.OcrDeadLetter", DEAD_LETTER_BODY, id="dead_letter"
     ),
+    pytest.param(delta_progress, "medocr.OcrProgress", DELTA_BODY, id="delta"),
+    pytest.param(restart_progress, "medocr.OcrProgress", RESTART_BODY, id="restart"),
 ]
 
 
@@ -212,11 +266,11 @@ def test_golden_wire_bytes(build: Any, name: str, body: str) -> None:
 @pytest.mark.parametrize(
     ("name", "fingerprint"),
     [
-        ("medocr.OcrRequest", "e3a7d03724c37882"),
+        ("medocr.OcrRequest", "b5d439484a3cf025"),  # v1 e3a7d03724c37882
         # v1 fd4c2f6fbc50438a, v2 a51cf9a82eb3b21f
         ("medocr.OcrResult", "3526605f811a7b6d"),
         ("medocr.OcrDeadLetter", "4f32807a74d2b824"),  # v1 d1da9b310e52f746
-        ("medocr.OcrProgress", "ef062621b7669131"),
+        ("medocr.OcrProgress", "46ee95334400ac43"),  # v1 ef062621b7669131
     ],
 )
 def test_fingerprints_are_pinned_and_independently_computed(
@@ -262,17 +316,44 @@ def _plain_enums(record: Any) -> dict[str, Any]:
             source_system="emr-prod",
             correlation_id="acc-42",
             attributes={"ward": "3"},
+            stream=True,
         ),
+        OcrProgress("doc-1", 1, 2, PageStatus.TRUNCATED, AT, "a", sequence=3),
+        delta_progress(),
+        restart_progress(),
     ],
-    ids=["request", "result", "dead_letter", "request_full"],
+    ids=[
+        "request",
+        "result",
+        "dead_letter",
+        "request_full",
+        "page",
+        "delta",
+        "restart",
+    ],
 )
 def test_round_trip(record: Any) -> None:
     assert decode_record(type(record), encode_record(record)) == record
 
 
 # Records valid for the first version of each schema that has changed since, keyed by
-# full name. OcrRequest and OcrProgress are still at their first version.
+# full name.
 V1_RECORDS: dict[str, dict[str, Any]] = {
+    "medocr.OcrRequest": {
+        "document_id": "d1",
+        "content_type": "image/png",
+        "image": b"\x89PNG",
+        "submitted_at": AT,
+        "attributes": {"ward": "3"},
+    },
+    "medocr.OcrProgress": {
+        "document_id": "d1",
+        "page_number": 2,
+        "page_count": 3,
+        "status": "REPETITIVE",
+        "text": "환자",
+        "emitted_at": AT,
+    },
     "medocr.OcrResult": {
         "document_id": "d1",
         "status": "FAILED",
@@ -332,6 +413,13 @@ def test_a_history_schema_differs_from_the_current_one(file_name: str) -> None:
     assert old != AvroSchema.load(_full_name(file_name)).fingerprint
 
 
+def _added_defaults(file_name: str) -> dict[str, Any]:
+    """The fields added since a history schema, with their defaults as read."""
+    old_fields = {f["name"] for f in _history_schema(file_name)["fields"]}
+    current = read_schema(_full_name(file_name))["fields"]
+    return {f["name"]: f["default"] for f in current if f["name"] not in old_fields}
+
+
 @pytest.mark.parametrize("file_name", _history_files())
 def test_bytes_written_with_a_history_schema_decode(file_name: str) -> None:
     name = _full_name(file_name)
@@ -340,7 +428,10 @@ def test_bytes_written_with_a_history_schema_decode(file_name: str) -> None:
     record = read_fields(AvroSchema.load(name), raw)
     for field, value in V1_RECORDS[name].items():
         assert record[field] == value
-    assert record["omitted_fields"] == []
+    added = _added_defaults(file_name)
+    assert added  # the history file is an earlier version, with fewer fields
+    for field, default in added.items():
+        assert record[field] == default, field
 
 
 @pytest.mark.parametrize(
@@ -355,6 +446,56 @@ def test_v1_bytes_decode_to_records_without_omissions(
 ) -> None:
     raw = _frame(_history_schema(file_name), V1_RECORDS[_full_name(file_name)])
     assert decode_record(record_type, raw).omitted_fields == []
+
+
+def test_v1_request_bytes_decode_to_a_request_that_does_not_stream() -> None:
+    raw = _frame(
+        _history_schema("medocr.OcrRequest.v1.avsc"), V1_RECORDS["medocr.OcrRequest"]
+    )
+    request = decode_record(OcrRequest, raw)
+    assert (request.document_id, request.attributes) == ("d1", {"ward": "3"})
+    assert request.stream is False
+
+
+def test_v1_progress_bytes_decode_to_an_unnumbered_page_event() -> None:
+    raw = _frame(
+        _history_schema("medocr.OcrProgress.v1.avsc"),
+        V1_RECORDS["medocr.OcrProgress"],
+    )
+    progress = decode_record(OcrProgress, raw)
+    assert progress == OcrProgress(
+        "d1", 2, 3, PageStatus.REPETITIVE, AT, "환자", ProgressKind.PAGE, 1, 0, None
+    )
+
+
+@pytest.mark.parametrize(
+    ("file_name", "record", "kept"),
+    [
+        (
+            "medocr.OcrRequest.v1.avsc",
+            replace(small_request(), stream=True),
+            {"document_id": "doc-1", "image": b"\x89PNG"},
+        ),
+        (
+            "medocr.OcrProgress.v1.avsc",
+            delta_progress(),
+            {"document_id": "doc-1", "page_number": 2, "text": "환자"},
+        ),
+    ],
+    ids=["request", "progress"],
+)
+def test_a_v1_reader_reads_current_bytes_without_the_new_fields(
+    file_name: str, record: Any, kept: dict[str, Any]
+) -> None:
+    """Workers and subscribers still on v1 keep reading: the new fields are skipped."""
+    old = parse_schema(_history_schema(file_name))
+    current = parse_schema(read_schema(record.SCHEMA))
+    read = fastavro.schemaless_reader(
+        io.BytesIO(encode_record(record)[HEADER_BYTES:]), current, old
+    )
+    assert isinstance(read, dict)
+    assert set(_added_defaults(file_name)).isdisjoint(read)
+    assert {field: read[field] for field in kept} == kept
 
 
 @pytest.mark.parametrize(
@@ -525,7 +666,9 @@ def _full_request() -> OcrRequest:
 
 
 @pytest.mark.parametrize(
-    "build", [_full_request, small_result, small_dead_letter], ids=lambda b: b.__name__
+    "build",
+    [_full_request, small_result, small_dead_letter, restart_progress],
+    ids=lambda b: b.__name__,
 )
 def test_mutated_records_decode_or_raise_codec_error_only(build: Any) -> None:
     """A fixed-seed fuzz: no byte pattern makes the codec raise anything else."""

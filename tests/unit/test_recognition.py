@@ -31,9 +31,14 @@ Seen = list[tuple[str, int, PageEvent]]
 
 
 async def recognize_page(
-    engine: FakeEngine, on_event: PageEventHook | None, number: int = 1
+    engine: FakeEngine,
+    on_event: PageEventHook | None,
+    number: int = 1,
+    *,
+    stream: bool = True,
 ) -> tuple[OcrPage, PageBudget]:
-    """Page ``number`` of doc-1 (30 x 20 px) through a recognizer over ``engine``."""
+    """Page ``number`` of doc-1 (30 x 20 px) through a recognizer over ``engine``, for
+    a request that asks to stream (or not)."""
     recognizer = PageRecognizer(
         engine,
         WorkerMetrics(CollectorRegistry(), engine.name),
@@ -43,7 +48,11 @@ async def recognize_page(
     budget = PageBudget(limit=4)
     page = Page(number, Image.new("L", (30, 20), 255), None)
     text = await recognizer.recognize(
-        consumer_record(b""), sender_request(), page, 3, PagePlaces.admit(budget)
+        consumer_record(b""),
+        sender_request(stream=stream),
+        page,
+        3,
+        PagePlaces.admit(budget),
     )
     return text, budget
 
@@ -96,19 +105,32 @@ async def test_a_transient_retry_restarts_the_stream() -> None:
     assert streamed(seen) == text.text
 
 
-async def test_without_a_hook_the_engine_is_asked_for_no_stream() -> None:
-    listeners: list[PageListener | None] = []
+class ListenerRecordingEngine(FakeEngine):
+    listeners: list[PageListener | None]
 
-    class RecordingEngine(FakeEngine):
-        async def recognize(
-            self, page: PageRequest, on_event: PageListener | None = None
-        ) -> PageResult:
-            listeners.append(on_event)
-            return await super().recognize(page, on_event)
+    async def recognize(
+        self, page: PageRequest, on_event: PageListener | None = None
+    ) -> PageResult:
+        self.listeners.append(on_event)
+        return await super().recognize(page, on_event)
 
-    text, _ = await recognize_page(RecordingEngine(), None)
+
+@pytest.mark.parametrize(
+    ("hooked", "stream"),
+    [(False, True), (True, False), (False, False)],
+    ids=["no_hook", "request_not_streaming", "neither"],
+)
+async def test_the_engine_streams_only_for_a_streaming_request_with_a_hook(
+    hooked: bool, stream: bool
+) -> None:
+    seen: Seen = []
+    engine = ListenerRecordingEngine()
+    engine.listeners = []
+    hook = recorder(seen) if hooked else None
+    text, _ = await recognize_page(engine, hook, stream=stream)
     assert text.status is PageStatus.OK
-    assert listeners == [None]
+    assert engine.listeners == [None]
+    assert seen == []
 
 
 async def test_a_failing_hook_never_fails_the_page(

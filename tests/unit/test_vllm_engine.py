@@ -789,7 +789,7 @@ async def test_a_busy_engine_is_retried_with_backoff_then_read(
     decoded = Page(1, Image.new("L", (1240, 1754), 255), None)
     text = await recognizer.recognize(
         consumer_record(b""),
-        sender_request(),
+        sender_request(stream=True),
         decoded,
         1,
         PagePlaces.admit(PageBudget(limit=1)),
