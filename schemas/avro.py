@@ -66,7 +66,11 @@ class AvroSchema:
         """
         body = io.BytesIO()
         try:
-            validate(dict(record), self.parsed, raise_errors=True)
+            # raise_errors=True builds a message for every union branch it tries:
+            # 0.8 s of CPU for a 16 MB value in a ["null", "bytes"] union. Only a record
+            # that fails the quick check is checked again, for the message.
+            if not validate(dict(record), self.parsed, raise_errors=False):
+                validate(dict(record), self.parsed, raise_errors=True)
             fastavro.schemaless_writer(body, self.parsed, dict(record))
         except MemoryError:
             raise

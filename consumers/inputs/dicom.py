@@ -15,6 +15,7 @@ the standard (transfer syntax, SOP class).
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
@@ -169,6 +170,9 @@ class DicomDecoder:
         # pydicom's value checks warn with the value quoted (a UID, a name: PHI) into
         # its logger; this decoder checks what it reads itself.
         config.settings.reading_validation_mode = config.IGNORE
+        # pydicom logs a frame it cannot decode at ERROR with a traceback; this decoder
+        # raises a per-record error for it, which the worker logs once, without values.
+        logging.getLogger("pydicom").setLevel(logging.CRITICAL)
         dicom_plugins.configure()
 
     def open(self, raw: bytes, limits: ImageLimits) -> DecodedDocument:

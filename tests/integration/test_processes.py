@@ -1,22 +1,37 @@
-"""Crash, shutdown and scale-out of real ``medocr worker`` processes (Tesseract engine)."""
+"""Crash, shutdown and scale-out of real ``medocr worker`` processes (Tesseract engine),
+and a new user's first run: ``medocr broker``, ``worker`` and ``publish --wait``."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import os
+import shutil
 import signal
+import subprocess
+import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image
+from pydicom.uid import JPEGBaseline8Bit
 
+from consumers.local.broker import free_port
 from consumers.local.demo import sample_scans
 from consumers.settings import Settings
+from producers.kafka import EMBEDDED_BROKER_FETCH_MAX_WAIT_MS
 from producers.publisher import RequestOptions, build_request
+from tests.support.cer import SAMPLES_DIR
+from tests.support.dicoms import encapsulated_pdf, secondary_capture
 from tests.support.kafka import publish_requests, read_outputs
+from tests.support.pdfs import image_pdf, text_pdf
 from tests.support.records import scan_request
 from tests.support.scans import encode
-from tests.support.workers import WorkerProcess
+from tests.support.workers import LOGS, WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.tesseract]
 
@@ -160,3 +175,119 @@ async def test_sigterm_during_a_long_decode_exits_within_the_drain_timeout(
     assert took < drain_s + grace_s, worker.log()
     # nothing was finished, so nothing was committed: the record is still there
     assert (await read_outputs(settings, results=1, timeout_s=2)).results == []
+
+
+# --- a new user's folder through `medocr broker`, `medocr worker`, `medocr publish` ---
+
+MEDOCR = [sys.executable, "-m", "consumers"]  # what the `medocr` script runs
+
+
+def mixed_folder(folder: Path) -> dict[str, str]:
+    """A PACS export next to a scanner's output: PNG, PDFs, DICOM with and without a
+    suffix, and a note that is no scan. Pages: the bundled pub-0029.png, and a strip
+    off its top (quick to read) in the other formats. Returns file name -> id."""
+    with Image.open(SAMPLES_DIR / "pub-0029.png") as scan:
+        page = scan.convert("L")
+    strip = page.crop((0, 0, page.width, page.height // 6))
+    shutil.copy(SAMPLES_DIR / "pub-0029.png", folder / "pub-0029.png")
+    files = {
+        "scan.pdf": image_pdf([strip], 175.0),
+        "letter.pdf": text_pdf(["진료 의뢰서", "환자 성명: 홍길동 (남, 42세)"]),
+        "capture.dcm": secondary_capture([strip], dpi=175.0, syntax=JPEGBaseline8Bit),
+        "IM000001": secondary_capture([strip, strip], dpi=175.0),  # no suffix
+        "IM000002": encapsulated_pdf(image_pdf([strip], 175.0)),  # no suffix
+    }
+    for name, raw in files.items():
+        (folder / name).write_bytes(raw)
+    (folder / "notes.txt").write_text("not a scan\n", encoding="utf-8")
+    return {name: Path(name).stem for name in ["pub-0029.png", *files]}
+
+
+@contextmanager
+def child(argv: list[str], env: dict[str, str], log: Path) -> Iterator[Path]:
+    """``argv`` running, its output in ``log``, until the block ends."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            yield log
+        finally:
+            process.terminate()
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def wait_until(
+    what: str, done: Callable[[], bool], log: Path, timeout_s: float = 90
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if done():
+            return
+        time.sleep(0.2)
+    raise AssertionError(
+        f"{what} not ready in {timeout_s} s: {log.read_text()[-3000:]}"
+    )
+
+
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_publish_a_mixed_folder_as_a_new_user(tmp_path: Path) -> None:
+    """The README's quickstart on a folder of PNG, PDF and DICOM files (one without a
+    suffix): every scan is published and answered OK, the note is left alone."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    ids = mixed_folder(folder)
+    broker_port, sidecar_port = free_port(), free_port()
+    env = dict(os.environ)
+    for name in list(env):
+        if name.startswith(("KAFKA_", "OCR_")):
+            del env[name]  # a new user's shell: the defaults, and the README's exports
+    env.update(
+        KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{broker_port}",
+        KAFKA_ENABLE_IDEMPOTENCE="false",
+        KAFKA_FETCH_MAX_WAIT_MS=str(EMBEDDED_BROKER_FETCH_MAX_WAIT_MS),
+        HOST="127.0.0.1",
+        PORT=str(sidecar_port),
+        PYTHONUNBUFFERED="1",
+    )
+    LOGS.mkdir(parents=True, exist_ok=True)
+    logs = {name: LOGS / f"new-user-{broker_port}-{name}.log" for name in ("b", "w")}
+    with ExitStack() as stack:
+        broker = stack.enter_context(
+            child(
+                [*MEDOCR, "broker", "--port", str(broker_port)],
+                env,
+                logs["b"],
+            )
+        )
+        wait_until(
+            "medocr broker", lambda: "broker ready on" in broker.read_text(), broker
+        )
+        worker = stack.enter_context(child([*MEDOCR, "worker"], env, logs["w"]))
+        ready = f"http://127.0.0.1:{sidecar_port}/ready"
+        wait_until("medocr worker", lambda: answers(ready), worker)
+        published = subprocess.run(
+            [*MEDOCR, "publish", "--wait", "--timeout", "240", str(folder)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    said = published.stdout + published.stderr
+    assert published.returncode == 0, said + logs["w"].read_text()[-3000:]
+    assert f"published {len(ids)} documents" in published.stderr, said
+    for name, doc_id in ids.items():
+        assert f"== {doc_id}: OK" in published.stdout, (name, said)
+    assert "== notes:" not in published.stdout
+    assert "2 pages" in next(
+        line for line in published.stdout.splitlines() if "== IM000001:" in line
+    )

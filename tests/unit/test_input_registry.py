@@ -56,6 +56,8 @@ def offset_file(marker_at: int = 128) -> bytes:
         (b"\x00" * 128 + b"DICM\x02\x00", "application/dicom"),
         (b"DICM\x02\x00\x00\x00UL", "application/dicom"),  # no preamble
         (b"\x00" * 127 + b"DICM", None),  # not at 128
+        # an Encapsulated PDF: its document starts within the first kilobyte
+        (b"\x00" * 128 + b"DICM" + b"\x00" * 300 + b"%PDF-1.4", "application/dicom"),
         (b"GIF89a", None),
         (b"", None),
     ],
