@@ -14,20 +14,26 @@ from consumers.runner import run_worker
 from consumers.settings import Settings
 from producers.publisher import RequestOptions, build_request
 from tests.support.cer import SAMPLES_DIR
-from tests.support.kafka import publish_requests, read_outputs
+from tests.support.kafka import publish_raw, read_outputs
+from tests.support.records import encode_record
 
 pytestmark = pytest.mark.integration
 
 
 async def publish(settings: Settings, prefix: str, count: int) -> list[str]:
-    # The topic keeps the fixture's 4 partitions; these ids put two of the three
-    # records on partition 0, the one whose committed offset is past its end.
+    # All on partition 0, the one whose committed offset is past its end (the topic may
+    # keep more partitions from an earlier test: the key's partition would be luck).
     scan = SAMPLES_DIR / "pub-0007.tif"
+    topic = settings.kafka.input_topic
     requests = [
         build_request(scan, RequestOptions(id_prefix=f"{prefix}{n}-"))
         for n in range(count)
     ]
-    await publish_requests(settings, requests)
+    await publish_raw(
+        settings,
+        ((r.document_id.encode(), encode_record(r, topic)) for r in requests),
+        partition=0,
+    )
     return [r.document_id for r in requests]
 
 
