@@ -1,0 +1,80 @@
+"""The arithmetic of the online benchmark (no GPU, no broker: runs in CI)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tests.gpu.online_load import (
+    Arrival,
+    Outcome,
+    max_sustainable,
+    percentile,
+    poisson_schedule,
+    summarize_rate,
+)
+
+
+def test_schedule_is_seeded_and_a_shorter_one_is_a_prefix() -> None:
+    long = poisson_schedule(10.0, 60.0, pages=64, seed=7)
+    short = poisson_schedule(10.0, 30.0, pages=64, seed=7)
+    assert long == poisson_schedule(10.0, 60.0, pages=64, seed=7)
+    assert long[: len(short)] == short
+    assert 450 < len(long) < 750  # 600 expected
+    assert all(0 <= a.page < 64 for a in long)
+
+
+@pytest.mark.parametrize(
+    ("share", "expected"), [(0.5, 50.0), (0.9, 90.0), (0.99, 99.0), (1.0, 100.0)]
+)
+def test_percentile_is_nearest_rank(share: float, expected: float) -> None:
+    assert percentile([float(v) for v in range(1, 101)], share) == expected
+
+
+def steady(rate: float, duration_s: float, latency_s: float) -> list[Outcome]:
+    return [
+        Outcome(Arrival(i, i / rate, 0), i / rate, i / rate + latency_s)
+        for i in range(int(rate * duration_s))
+    ]
+
+
+def test_a_steady_stream_is_not_saturated() -> None:
+    row = summarize_rate(10.0, 60.0, 10.0, steady(10.0, 60.0, 2.0))
+    assert row["p99_s"] == pytest.approx(2.0)
+    assert row["sustained_per_s"] == pytest.approx(10.0, rel=0.02)
+    assert not row["saturated"]
+    assert row["within_bound"]
+
+
+def test_a_growing_backlog_is_saturated() -> None:
+    # served at 8/s while 10/s arrive: the wait grows by 0.25 s per arrival second
+    outcomes = [
+        Outcome(Arrival(i, i / 10, 0), i / 10, max(i / 10 + 1.0, i / 8))
+        for i in range(600)
+    ]
+    row = summarize_rate(10.0, 60.0, 10.0, outcomes)
+    assert row["saturated"]
+    assert row["backlog_slope_per_s"] == pytest.approx(2.0, rel=0.1)
+    assert not row["within_bound"]
+
+
+def test_an_unanswered_page_is_infinitely_late() -> None:
+    outcomes = steady(10.0, 60.0, 1.0)
+    outcomes[-1] = Outcome(outcomes[-1].arrival, outcomes[-1].sent_s, None, False)
+    row = summarize_rate(10.0, 60.0, 10.0, outcomes)
+    assert math.isinf(outcomes[-1].latency_s)
+    assert row["unanswered"] == 1
+    assert row["max_s"] is None
+    assert not row["within_bound"]
+
+
+def test_max_sustainable_strict_and_p99_only() -> None:
+    rows = [
+        {"offered_rate": 5.0, "p99_s": 4.0, "within_bound": True},
+        {"offered_rate": 8.0, "p99_s": 9.0, "within_bound": False},  # saturated
+        {"offered_rate": 9.0, "p99_s": 15.0, "within_bound": False},
+    ]
+    assert max_sustainable(rows) == 5.0
+    assert max_sustainable(rows, bound_s=12.0) == 8.0
+    assert max_sustainable(rows[2:]) is None
