@@ -197,7 +197,7 @@ async def _gateway(args: argparse.Namespace, settings: Settings) -> int:
     stop = asyncio.Event()
     _on_signals(stop.set)
     try:
-        async with settings.client(progress=True) as client:
+        async with settings.client(progress=True, reply_group=listen.group) as client:
             await run_gateway(
                 client,
                 config,

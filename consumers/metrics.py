@@ -6,15 +6,60 @@ partition numbers only — no document ids, names or recognised text.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Protocol
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 _PAGE_SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120)
 _E2E_SECONDS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600)
 _BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
+class ProgressCounts(Protocol):
+    """What the progress sender counts (``producers.progress.ProgressSender``)."""
+
+    @property
+    def dropped(self) -> int: ...
+
+    @property
+    def failures(self) -> int: ...
+
+
+class ProgressCollector(Collector):
+    """The progress sender's counts as counters, read at each scrape: the sender keeps
+    plain ints (it lives in ``producers`` and knows nothing of Prometheus)."""
+
+    def __init__(self, counts: ProgressCounts) -> None:
+        self._counts = counts
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        return self._families(0, 0)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        return self._families(self._counts.dropped, self._counts.failures)
+
+    @staticmethod
+    def _families(dropped: int, failed: int) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "ocr_progress_events_dropped",
+            "Progress events never sent: DELTAs over the queue's bound or behind a "
+            "refused send, and what still waited at shutdown (best effort: the PAGE "
+            "event and the result carry the whole text).",
+            value=dropped,
+        )
+        yield CounterMetricFamily(
+            "ocr_progress_events_failed",
+            "Progress events the producer or the broker refused.",
+            value=failed,
+        )
+
+
 class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry, engine: str) -> None:
+        self._registry = registry
         self.records = Counter(
             "ocr_records",
             "Consumed records by outcome (ok, failed).",
@@ -103,3 +148,7 @@ class WorkerMetrics:
             "Offset commits sent to the broker.",
             registry=registry,
         )
+
+    def watch_progress(self, counts: ProgressCounts) -> None:
+        """Expose the progress sender's counts (``ocr_progress_events_*_total``)."""
+        self._registry.register(ProgressCollector(counts))

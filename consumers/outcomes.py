@@ -74,6 +74,7 @@ class DocumentSource:
 class Outcome:
     result: OcrResult
     dead_letter: OcrDeadLetter | None = None
+    reply_partition: int | None = None  # the request's: where the result goes
 
 
 def where(msg: Msg) -> str:
@@ -132,7 +133,7 @@ class OutcomeBuilder:
         result = self._result(msg, request, digest, started, pages, None, source)
         fitted, fits = self._fit_result(result)
         if fits:
-            return Outcome(fitted)
+            return Outcome(fitted, reply_partition=request.reply_partition)
         return self._too_large(msg, request, digest, result, started)
 
     def _failure(
@@ -150,7 +151,11 @@ class OutcomeBuilder:
         fitted, fits = self._fit_result(result)
         if not fits and request is not None:  # without pages it always fits
             return self._too_large(msg, request, digest, result, started)
-        return Outcome(fitted, self._dead_letter(msg, exc, request))
+        return Outcome(
+            fitted,
+            self._dead_letter(msg, exc, request),
+            request.reply_partition if request is not None else None,
+        )
 
     def _too_large(
         self,
@@ -170,12 +175,17 @@ class OutcomeBuilder:
             result,
             page_count=whole.page_count,
             token_count=whole.token_count,
+            prompt_token_count=whole.prompt_token_count,
             source_format=whole.source_format,
             source_attributes=whole.source_attributes,
             omitted_fields=[*result.omitted_fields, "text", "pages"],
         )
         fitted, _ = self._fit_result(result)
-        return Outcome(fitted, self._dead_letter(msg, exc, request))
+        return Outcome(
+            fitted,
+            self._dead_letter(msg, exc, request),
+            request.reply_partition,
+        )
 
     def _result(
         self,
@@ -205,6 +215,7 @@ class OutcomeBuilder:
             engine=self.engine,
             processing_time_ms=round((time.monotonic() - started) * 1000),
             token_count=sum(p.token_count for p in pages),
+            prompt_token_count=sum(p.prompt_token_count for p in pages),
             submitted_at=submitted,
             end_to_end_ms=millis_between(submitted, completed),
             content_sha256=digest,
@@ -324,6 +335,8 @@ def page_text(number: int, result: PageResult) -> OcrPage:
         text=result.text,
         error_code=None if result.status is PageStatus.OK else result.status.value,
         token_count=result.token_count,
+        prompt_token_count=result.prompt_tokens,
+        finish_reason=result.finish_reason,
         processing_time_ms=round(result.engine_s * 1000),
         attempts=result.attempts,
     )

@@ -122,6 +122,7 @@ async def _consume(
         publish_pages=batch.publish_progress,
         policy=batch.stream_policy(),
     )
+    metrics.watch_progress(progress)
     pages = PageRecognizer(
         engine,
         metrics,

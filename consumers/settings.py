@@ -42,6 +42,7 @@ from consumers.retry import RetryPolicy
 from consumers.state import DEFAULT_STALL_TIMEOUT_S
 from consumers.worker import LoopOptions
 from producers.gateway.config import (
+    DEFAULT_GROUP,
     DEFAULT_MAX_WAITS,
     DEFAULT_TIMEOUT_S,
     HTTP_FETCH_TIMEOUT_S,
@@ -400,10 +401,13 @@ class GatewaySettings(_Group):
         gt=0,
         validation_alias=_env("GATEWAY_HTTP_FETCH_TIMEOUT_S"),
     )
+    # The replicas' consumer group on the result topic; blank = no group, this one
+    # replica reads every partition.
+    group: str | None = Field(DEFAULT_GROUP, validation_alias=_env("GATEWAY_GROUP"))
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "group", mode="before")
     @classmethod
-    def _blank_key_is_no_key(cls, value: object) -> object:
+    def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
     def config(self, limits: LimitSettings, result_topic: str) -> GatewayConfig:
@@ -460,9 +464,11 @@ class Settings(BaseSettings):
         folder, no JSON in a variable named after a group."""
         return (init_settings, _DocumentedNames(settings_cls))
 
-    def client(self, *, progress: bool = False) -> OcrClient:
+    def client(
+        self, *, progress: bool = False, reply_group: str | None = None
+    ) -> OcrClient:
         """An ``OcrClient`` for these brokers, topics and limits (``medocr publish``,
-        the demo, the benches)."""
+        the demo, the benches; ``medocr gateway`` with its ``reply_group``)."""
         from producers.client import OcrClient
 
         kafka = self.kafka
@@ -472,6 +478,7 @@ class Settings(BaseSettings):
             self.producer_options(),
             progress=progress,
             fetch_max_wait_ms=kafka.fetch_max_wait_ms,
+            reply_group=reply_group,
         )
 
     def image_limits(self) -> ImageLimits:

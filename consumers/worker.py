@@ -185,7 +185,11 @@ class OcrWorker:
 
     async def _publish(self, outcome: Outcome) -> None:
         try:
-            deliveries = [await self._publisher.send_result(outcome.result)]
+            deliveries = [
+                await self._publisher.send_result(
+                    outcome.result, partition=outcome.reply_partition
+                )
+            ]
             if outcome.dead_letter is not None:
                 deliveries.append(
                     await self._publisher.send_dead_letter(outcome.dead_letter)

@@ -11,10 +11,15 @@ request is sent so no result can be missed, however many other documents are in 
             text.apply(event)  # each page's text so far: text.page(n)
         result = await reply.result(timeout_s=120)
 
-The result topic is read by one task, started by the first ``submit``; ``publish``
-alone (fire and forget) never starts it. If that task dies, every pending reply fails
-at once with ``ReplyReaderError`` and so does every later ``submit``. See
+The result topic is read by one task, started by ``start()`` or the first ``submit``;
+``publish`` alone (fire and forget) never starts it. If that task dies, every pending
+reply fails at once with ``ReplyReaderError`` and so does every later ``submit``. See
 ``producers.replies`` for how results are matched (by document id, first one wins).
+
+By default the reader reads every partition of the result (and progress) topic. With
+``reply_group`` (gateway replicas) it reads only the partitions that group assigns it,
+and ``submit`` names one of them in each request (``reply_partition``) so the worker
+answers there (``producers.routing``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
+from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import RecordMetadata
 
 from producers.kafka import (
@@ -32,10 +38,11 @@ from producers.kafka import (
     ProducerOptions,
     Topics,
     build_producer,
+    build_reply_group_consumer,
     build_waiter_consumer,
 )
 from producers.publisher import RequestOptions, ScanPublisher, build_request
-from producers.replies import Reply, ReplyReader
+from producers.replies import ReaderCounts, Reply, ReplyReader
 from schemas import AvroSerde, OcrRequest, OcrResult
 
 
@@ -49,16 +56,20 @@ class OcrClient:
         progress: bool = False,
         fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
         serde: AvroSerde | None = None,
+        reply_group: str | None = None,
     ) -> None:
         """``progress``: also read the progress topic, for ``Reply.events()``;
         ``fetch_max_wait_ms``: how long the reader's fetches wait at the broker;
-        ``serde``: how requests are written and results read (Avro single-object)."""
+        ``serde``: how requests are written and results read (Avro single-object);
+        ``reply_group``: read only the partitions this consumer group assigns (one
+        group for all replicas of a gateway), and have requests answered there."""
         self._client_kwargs = client_kwargs
         self._topics = topics
         self._options = producer_options or ProducerOptions()
         self._progress = progress
         self._fetch_max_wait_ms = fetch_max_wait_ms
         self._serde = serde or AvroSerde()
+        self._reply_group = reply_group
         self._producer = build_producer(client_kwargs, self._options)
         self._publisher = ScanPublisher(self._producer, topics.requests, self._serde)
         self._reader: ReplyReader | None = None
@@ -84,6 +95,29 @@ class OcrClient:
         finally:
             await self._producer.stop()
 
+    async def start(self) -> None:
+        """Start reading replies now rather than at the first ``submit`` (a gateway,
+        whose ``/ready`` waits for it); ``ReplyReaderError`` when it cannot."""
+        await self._started_reader()
+
+    def ready(self) -> bool:
+        """Replies can be heard: the reader runs and (``reply_group``) holds a
+        partition of the result topic to name in requests."""
+        return self._reader is not None and self._reader.ready()
+
+    def reply_partitions(self) -> tuple[int, ...] | None:
+        """The result partitions requests name now, round robin (``reply_group``:
+        its assignment, empty before it comes and during a rebalance); None when the
+        reader reads every partition and requests name none."""
+        if self._reply_group is None:
+            return None
+        return self._reader.reply_partitions() if self._reader is not None else ()
+
+    def reader_counts(self) -> ReaderCounts | None:
+        """The records the reply reader read, and decoded, so far (None before it
+        starts)."""
+        return self._reader.counts if self._reader is not None else None
+
     async def publish(self, request: OcrRequest) -> asyncio.Future[RecordMetadata]:
         """Queue one request without waiting for its result (fire and forget); the
         returned future resolves when the broker has it."""
@@ -96,7 +130,9 @@ class OcrClient:
         DELTA and RESTART events), overriding ``request.stream``; a streaming request
         needs a client opened with ``progress=True``. Submitting an id whose reply is
         still pending publishes again; both replies get the first result for that id
-        (results carry nothing else to tell them apart)."""
+        (results carry nothing else to tell them apart). With ``reply_group`` the
+        request names one of the reader's partitions as ``reply_partition`` (waiting
+        for an assignment: ``NoReplyPartitionError``), whatever it named before."""
         if stream is not None and stream != request.stream:
             request = dataclasses.replace(request, stream=stream)
         if request.stream and not self._progress:
@@ -104,7 +140,10 @@ class OcrClient:
                 "a streaming request needs an OcrClient opened with progress=True"
             )
         reader = await self._started_reader()
-        reply = reader.expect(request.document_id)
+        partition = await reader.reply_partition()
+        if partition is not None:
+            request = dataclasses.replace(request, reply_partition=partition)
+        reply = reader.expect(request.document_id, partition)  # no await in between
         try:
             await (await self.publish(request))
         except BaseException:
@@ -134,14 +173,11 @@ class OcrClient:
         async with self._reader_started:
             if self._reader is None:
                 reader = ReplyReader(
-                    build_waiter_consumer(
-                        self._client_kwargs,
-                        self._options.max_document_bytes,
-                        fetch_max_wait_ms=self._fetch_max_wait_ms,
-                    ),
+                    self._reply_consumer(),
                     self._topics.results,
                     self._topics.progress if self._progress else None,
                     serde=self._serde,
+                    routed=self._reply_group is not None,
                 )
                 try:
                     await reader.start()
@@ -150,3 +186,17 @@ class OcrClient:
                     raise
                 self._reader = reader
             return self._reader
+
+    def _reply_consumer(self) -> AIOKafkaConsumer:
+        if self._reply_group is None:
+            return build_waiter_consumer(
+                self._client_kwargs,
+                self._options.max_document_bytes,
+                fetch_max_wait_ms=self._fetch_max_wait_ms,
+            )
+        return build_reply_group_consumer(
+            self._client_kwargs,
+            self._options.max_document_bytes,
+            group_id=self._reply_group,
+            fetch_max_wait_ms=self._fetch_max_wait_ms,
+        )

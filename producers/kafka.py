@@ -1,4 +1,5 @@
-"""The one place Kafka client options live: producers, the worker's consumer, waiters."""
+"""The one place Kafka client options live: producers, the worker's consumer, waiters
+(every partition, or a gateway replica's share through its group)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from producers.routing import CopartitionedAssignor
 
 # The largest scan sent inline (OCR_MAX_DOCUMENT_BYTES); the envelope adds a few
 # hundred bytes, ENVELOPE_BYTES leaves room for it.
@@ -32,6 +35,9 @@ OFFSET_RESET: Literal["earliest", "latest"] = "earliest"
 WORKER_FETCH_MAX_BYTES = 52_428_800
 # A whole batch of slow pages may sit between two polls of the worker.
 WORKER_MAX_POLL_INTERVAL_MS = 600_000
+# Gateway replicas notice a rebalance within a heartbeat: until it ends none of them
+# names a reply partition in a new request (3 s, aiokafka's default, is long for that).
+REPLY_GROUP_HEARTBEAT_INTERVAL_MS = 1000
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,33 @@ def build_waiter_consumer(
     return AIOKafkaConsumer(
         **client_kwargs,
         enable_auto_commit=False,
+        **fetch_options(max_document_bytes, fetch_max_wait_ms),
+    )
+
+
+def build_reply_group_consumer(
+    client_kwargs: Mapping[str, object],
+    max_document_bytes: int,
+    *,
+    group_id: str,
+    fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
+) -> AIOKafkaConsumer:
+    """A gateway replica's reader of its answers (``ReplyReader``, routed): in
+    ``group_id`` with the other replicas, each reading the partitions assigned to it.
+
+    It never commits and starts where nothing is committed, at the end: it only waits
+    for answers to requests sent after it joined. Its assignor gives a member the same
+    partition numbers of every topic it reads (the result and progress topics have as
+    many), so a request's result and progress reach the same replica, and keeps them
+    where it can across rebalances.
+    """
+    return AIOKafkaConsumer(
+        **client_kwargs,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="latest",
+        partition_assignment_strategy=(CopartitionedAssignor(),),
+        heartbeat_interval_ms=REPLY_GROUP_HEARTBEAT_INTERVAL_MS,
         **fetch_options(max_document_bytes, fetch_max_wait_ms),
     )
 

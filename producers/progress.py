@@ -10,7 +10,8 @@ What a worker publishes to the progress topic while a document is in flight:
   (its buffered text is dropped, the RESTART goes out at once).
 
 Every event goes out through one queue and one sending task (started when there is
-something to send, gone when idle), keyed by document id, so a document's events reach
+something to send, gone when idle), keyed by document id and sent to the request's
+``reply_partition`` when it names one (as its result), so a document's events reach
 its partition in the order they were made, numbered 1, 2, 3... (``sequence``) per record.
 A page's DELTA text goes before its PAGE event, and the page callback returns once its
 PAGE event is handed to the producer, before the record's result is published.
@@ -55,6 +56,7 @@ class _Document:
     """One record's stream: its document id and the numbers its events took so far."""
 
     document_id: str
+    reply_partition: int | None = None  # the request's: where its events go
     sequence: int = 0
     warned: bool = False  # one warning a record for its lost DELTAs
 
@@ -183,7 +185,9 @@ class ProgressSender:
         key = id(request)
         document = self._documents.get(key)
         if document is None:
-            document = self._documents[key] = _Document(request.document_id)
+            document = self._documents[key] = _Document(
+                request.document_id, request.reply_partition
+            )
             # Runs as the request is freed, before its id can be reused.
             weakref.finalize(request, self._documents.pop, key, None)
         return document
@@ -251,7 +255,9 @@ class ProgressSender:
     async def _send(self, queued: _Queued) -> None:
         event = queued.event
         try:
-            delivery = await self._publisher.send_progress(event)
+            delivery = await self._publisher.send_progress(
+                event, partition=queued.document.reply_partition
+            )
         except asyncio.CancelledError:  # closing: it never went
             self.dropped += 1
             raise

@@ -1,27 +1,38 @@
 """Replies: the result (and progress events) of each document one is waiting for.
 
 One ``ReplyReader`` reads the result topic, and the progress topic when asked, from its
-end at start-up, without a consumer group, and hands each record to the ``Reply`` of
-its document id. Records of documents nobody waits for are skipped. Results are matched
-by document id only: every reply waiting on an id gets the first result for it. A
-document's progress events come in the order the worker sent them (one partition);
-``PageTexts`` turns a streaming request's events into each page's text so far.
+end at start-up, and hands each record to the ``Reply`` of its document id. It reads
+either every partition, without a consumer group (the CLI, the demo, one gateway), or,
+``routed``, only the partitions its group assigns it (gateway replicas; see
+``producers.routing``): then each request names one of them as its ``reply_partition``
+(``reply_partition()``), and the worker answers there. Records of documents nobody
+waits for are skipped by their key (the document id) without being decoded. Results
+are matched by document id only: every reply waiting on an id gets the first result
+for it. A document's progress events come in the order the worker sent them (one
+partition); ``PageTexts`` turns a streaming request's events into each page's text so
+far.
 
 Errors a reply raises::
 
     ReplyError
     ├── ReplyTimeoutError   (also a TimeoutError) no result within the wait; still pending
     ├── ReplyReaderError    the reader stopped (broker error, bug); chained from the cause
-    └── ReplyClosedError    the reply was cancelled, or its client closed
+    ├── ReplyClosedError    the reply was cancelled, or its client closed
+    └── ReplyRoutingError   (routed) this reader cannot hear the reply
+        ├── ReplyReassignedError    a rebalance gave its partition to another reader
+        │                           (the result is still published there)
+        └── NoReplyPartitionError   none assigned within the wait; nothing published
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from producers.routing import GroupAssignment, check_copartitioned
 from schemas import (
     AvroSerde,
     CodecError,
@@ -33,6 +44,8 @@ from schemas import (
 from schemas.records import FORM_FEED, ProgressKind
 
 READER_TASK_NAME = "medocr-reply-reader"
+# How long a routed submit waits for a partition to name (a rebalance in progress).
+ASSIGNMENT_WAIT_S = 30.0
 
 
 class ReplyError(Exception):
@@ -55,6 +68,27 @@ class ReplyClosedError(ReplyError):
     """The client was closed while the reply was pending."""
 
 
+class ReplyRoutingError(ReplyError):
+    """This reader cannot hear the reply: its partition is not one its group gave it."""
+
+
+class ReplyReassignedError(ReplyRoutingError):
+    """A rebalance gave the reply's partition to another reader; the result is still
+    published there."""
+
+    def __init__(self, document_id: str, topic: str, partition: int) -> None:
+        super().__init__(
+            f"the reply partition {topic}[{partition}] of document {document_id!r}"
+            " was assigned to another reader; its result is still published there"
+        )
+        self.document_id = document_id
+        self.partition = partition
+
+
+class NoReplyPartitionError(ReplyRoutingError):
+    """No partition was assigned to the reader within the wait; nothing was published."""
+
+
 class Reply:
     """What comes back for one published document: page progress, then its result."""
 
@@ -64,8 +98,10 @@ class Reply:
         forget: Callable[[Reply], None],
         *,
         streams_events: bool,
+        partition: int | None = None,
     ) -> None:
         self.document_id = document_id
+        self.partition = partition  # the reply partition its request names, if any
         self._forget = forget
         self._streams_events = streams_events
         self._done = asyncio.Event()
@@ -176,8 +212,21 @@ class PageTexts:
         return gap
 
 
+@dataclass
+class ReaderCounts:
+    """What the reader did with the records it read (for benches and metrics)."""
+
+    read: int = 0  # records fetched from the result and progress topics
+    decoded: int = 0  # of them, decoded: their key is a document someone waits for
+
+
 class ReplyReader:
-    """One task reads answers for every pending reply."""
+    """One task reads answers for every pending reply.
+
+    ``routed``: ``consumer`` is in a group (``build_reply_group_consumer``) and this
+    reader reads only the partitions the group assigns it; else it reads every
+    partition of the topics, without a group (``build_waiter_consumer``).
+    """
 
     def __init__(
         self,
@@ -186,28 +235,43 @@ class ReplyReader:
         progress_topic: str | None = None,
         *,
         serde: AvroSerde | None = None,
+        routed: bool = False,
+        assignment_wait_s: float = ASSIGNMENT_WAIT_S,
     ) -> None:
         self._consumer = consumer
         self._serde = serde or AvroSerde()
         self._result_topic = result_topic
         self._progress_topic = progress_topic
+        self._group = (
+            GroupAssignment(consumer, result_topic, progress_topic, self._reassigned)
+            if routed
+            else None
+        )
+        self._assignment_wait_s = assignment_wait_s
         self._pending: dict[str, list[Reply]] = {}
         self._task: asyncio.Task[None] | None = None
         self._failure: ReplyError | None = None
         self._started = False
+        self.counts = ReaderCounts()
 
     async def start(self) -> None:
-        """Assign every partition at its end and start reading; call before publishing."""
+        """Start reading every partition from its end (routed: join the group, which
+        assigns some); call before publishing."""
         self._started = True
         await self._consumer.start()
-        tps: list[TopicPartition] = []
-        for topic in (self._result_topic, self._progress_topic):
-            if topic is not None:
-                tps.extend(await self._partitions(topic))
-        self._consumer.assign(tps)
-        await self._consumer.seek_to_end(*tps)
-        for tp in tps:  # resolve the end offsets now, before anything is published
-            await self._consumer.position(tp)
+        partitions = {topic: await self._partitions(topic) for topic in self._topics()}
+        if self._group is not None:
+            try:
+                check_copartitioned({t: len(p) for t, p in partitions.items()})
+            except ValueError as exc:
+                raise ReplyReaderError(str(exc)) from None
+            self._consumer.subscribe(list(partitions), listener=self._group)
+        else:
+            tps = [tp for topic_tps in partitions.values() for tp in topic_tps]
+            self._consumer.assign(tps)
+            await self._consumer.seek_to_end(*tps)
+            for tp in tps:  # resolve the end offsets now, before anything is published
+                await self._consumer.position(tp)
         self._task = asyncio.create_task(self._read(), name=READER_TASK_NAME)
         self._task.add_done_callback(self._reader_stopped)
 
@@ -220,14 +284,41 @@ class ReplyReader:
             await asyncio.wait([self._task])  # its end (or error) is already reported
         self._fail_pending(self._failure)
         if self._started:
-            await self._consumer.stop()
+            await self._consumer.stop()  # routed: leaves the group at once
 
-    def expect(self, document_id: str) -> Reply:
-        """A reply for ``document_id``: register it before publishing the request."""
+    def ready(self) -> bool:
+        """Reading, and (routed) holding a partition that requests may name."""
+        started = self._task is not None and self._failure is None
+        return started and (self._group is None or bool(self.reply_partitions()))
+
+    def reply_partitions(self) -> tuple[int, ...] | None:
+        """The result partitions requests may name now; None: every one is read."""
+        return self._group.partitions.routable if self._group is not None else None
+
+    async def reply_partition(self) -> int | None:
+        """The partition the next request names (round robin over those assigned);
+        None when every partition is read. Routed, waits for an assignment
+        (``NoReplyPartitionError`` after ``assignment_wait_s``)."""
+        if self._group is None:
+            return None
+        partition = await self._group.partitions.wait(self._assignment_wait_s)
+        if partition is None and self._failure is None:  # else expect() says why
+            raise NoReplyPartitionError(
+                f"no partition of {self._result_topic} was assigned to this reader"
+                f" within {self._assignment_wait_s:g} s"
+            )
+        return partition
+
+    def expect(self, document_id: str, partition: int | None = None) -> Reply:
+        """A reply for ``document_id``, whose request names ``partition`` (from
+        ``reply_partition()``): register it before publishing the request."""
         if self._failure is not None:
             raise _for_document(self._failure, document_id)
         reply = Reply(
-            document_id, self._forget, streams_events=self._progress_topic is not None
+            document_id,
+            self._forget,
+            streams_events=self._progress_topic is not None,
+            partition=partition,
         )
         self._pending.setdefault(document_id, []).append(reply)
         return reply
@@ -235,6 +326,9 @@ class ReplyReader:
     def pending(self) -> int:
         """How many replies wait for their result."""
         return sum(len(replies) for replies in self._pending.values())
+
+    def _topics(self) -> list[str]:
+        return [t for t in (self._result_topic, self._progress_topic) if t is not None]
 
     async def _partitions(self, topic: str) -> list[TopicPartition]:
         partitions = self._consumer.partitions_for_topic(topic)
@@ -251,11 +345,18 @@ class ReplyReader:
             # Progress first: a page's event and its document's result can come in
             # one fetch, and a reply's events end with its result.
             for tp in sorted(batch, key=lambda tp: tp.topic == self._result_topic):
-                for msg in batch[tp]:
-                    if msg.value is not None:
-                        self._deliver(tp.topic, msg.value)
+                msgs = batch[tp]
+                for msg in msgs:
+                    self._deliver(tp.topic, msg.key, msg.value)
+                if self._group is not None and msgs:
+                    self._group.read(tp, msgs[-1].offset + 1)
 
-    def _deliver(self, topic: str, value: bytes) -> None:
+    def _deliver(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+        self.counts.read += 1
+        # Results and progress are keyed by document id: the others are not decoded.
+        if value is None or (key is not None and _text(key) not in self._pending):
+            return
+        self.counts.decoded += 1
         ctx = SerdeContext(topic)
         try:
             if topic == self._result_topic:
@@ -270,6 +371,17 @@ class ReplyReader:
         else:
             for reply in self._pending.get(progress.document_id, []):
                 reply._progress(progress)
+
+    def _reassigned(self, routable: tuple[int, ...]) -> None:
+        """A rebalance ended: replies whose partition this reader lost fail now."""
+        for replies in list(self._pending.values()):
+            for reply in list(replies):
+                if reply.partition is not None and reply.partition not in routable:
+                    reply._end(
+                        ReplyReassignedError(
+                            reply.document_id, self._result_topic, reply.partition
+                        )
+                    )
 
     def _forget(self, reply: Reply) -> None:
         replies = self._pending.get(reply.document_id, [])
@@ -291,9 +403,16 @@ class ReplyReader:
         self._fail_pending(failure)
 
     def _fail_pending(self, failure: ReplyError) -> None:
+        if self._group is not None:
+            self._group.partitions.close()  # a submit waiting for one gives up
         for replies in list(self._pending.values()):
             for reply in list(replies):
                 reply._end(_for_document(failure, reply.document_id))
+
+
+def _text(key: bytes) -> str:
+    """A record key as the document id it was encoded from."""
+    return key.decode("utf-8", "replace")
 
 
 def _for_document(failure: ReplyError, document_id: str) -> ReplyError:

@@ -1,8 +1,16 @@
-"""Publishing what the worker produces: results, dead letters and page progress."""
+"""Publishing what the worker produces: results, dead letters and page progress.
+
+Results and progress go to the partition of their key (the document id), unless the
+request named a ``reply_partition``: the partition its sender reads (a gateway
+replica's). One the topic does not have falls back to the key's partition, with a
+warning for a result (its progress events follow it quietly): a request never fails
+for where its answer goes. Dead letters always go by their key.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
@@ -10,6 +18,8 @@ from aiokafka.structs import RecordMetadata
 
 from producers.kafka import Topics
 from schemas import AvroSerde, OcrDeadLetter, OcrProgress, OcrResult, SerdeContext
+
+log = logging.getLogger(__name__)
 
 _TOPICS = Topics()
 
@@ -64,13 +74,23 @@ class ResultPublisher:
             result_topic, dlq_topic, progress_topic, serde or AvroSerde()
         )
 
-    async def send_result(self, result: OcrResult) -> asyncio.Future[RecordMetadata]:
-        future: asyncio.Future[RecordMetadata] = await self._producer.send(
-            self.encoder.result_topic,
-            self.encoder.result(result),
-            key=result_key(result),
+    async def send_result(
+        self, result: OcrResult, *, partition: int | None = None
+    ) -> asyncio.Future[RecordMetadata]:
+        """``partition``: the request's ``reply_partition`` (None: the key's)."""
+        topic = self.encoder.result_topic
+        routed = await self._reply_partition(topic, partition)
+        if routed is None and partition is not None:
+            log.warning(
+                "reply partition %d of document %s is not a partition of %s;"
+                " its result goes to the partition of its key",
+                partition,
+                result.document_id,
+                topic,
+            )
+        return await self._send(
+            topic, self.encoder.result(result), result_key(result), routed
         )
-        return future
 
     async def send_dead_letter(
         self, letter: OcrDeadLetter
@@ -83,11 +103,31 @@ class ResultPublisher:
         return future
 
     async def send_progress(
-        self, progress: OcrProgress
+        self, progress: OcrProgress, *, partition: int | None = None
     ) -> asyncio.Future[RecordMetadata]:
-        future: asyncio.Future[RecordMetadata] = await self._producer.send(
-            self.encoder.progress_topic,
+        """``partition``: the request's ``reply_partition`` (None: the key's)."""
+        topic = self.encoder.progress_topic
+        return await self._send(
+            topic,
             self.encoder.progress(progress),
-            key=progress.document_id.encode(),
+            progress.document_id.encode(),
+            await self._reply_partition(topic, partition),
+        )
+
+    async def _reply_partition(self, topic: str, partition: int | None) -> int | None:
+        """``partition`` if ``topic`` has it, else None (the key's partition)."""
+        if partition is None:
+            return None
+        partitions = await self._producer.partitions_for(topic)
+        return partition if partition in partitions else None
+
+    async def _send(
+        self, topic: str, value: bytes, key: bytes, partition: int | None
+    ) -> asyncio.Future[RecordMetadata]:
+        # ``partition`` only when routed: a producer that never routes (the in-memory
+        # ones of tests) need not take it
+        routed = {} if partition is None else {"partition": partition}
+        future: asyncio.Future[RecordMetadata] = await self._producer.send(
+            topic, value, key=key, **routed
         )
         return future

@@ -71,6 +71,8 @@ class OcrRequest(_Avro):
     correlation_id: str | None = None
     attributes: dict[str, str] = field(default_factory=dict)
     stream: bool = False  # publish the text as it is generated, as progress events
+    # where the result and progress go (the sender reads it); None: the key's partition
+    reply_partition: int | None = None
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,9 @@ class OcrPage:
     status: PageStatus
     text: str = ""
     error_code: str | None = None
-    token_count: int = 0
+    token_count: int = 0  # generated tokens
+    prompt_token_count: int = 0  # the prompt's tokens, image included; 0: not counted
+    finish_reason: str | None = None  # the engine's: "stop", "length", ...
     processing_time_ms: int = 0
     attempts: int = 1
     source_page: int | None = None  # 1-based page (PDF) or frame (DICOM) of the source
@@ -104,6 +108,7 @@ class OcrResult(_Avro):
     engine: str = ""
     processing_time_ms: int = 0
     token_count: int = 0
+    prompt_token_count: int = 0  # the pages' sum
     submitted_at: datetime | None = None
     end_to_end_ms: int | None = None
     content_sha256: str | None = None

@@ -38,10 +38,12 @@ class PageRequest:
 class PageResult:
     text: str
     status: PageStatus = PageStatus.OK
-    token_count: int = 0
+    token_count: int = 0  # generated for ``text``
     engine_s: float = 0.0
     attempts: int = 1
+    # Why generating ``text`` stopped: "stop", "length" or the engine's own reason.
     finish_reason: str | None = None
+    prompt_tokens: int = 0  # the prompt ``text`` was generated from, image included
 
 
 @dataclass(frozen=True)

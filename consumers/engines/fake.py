@@ -2,14 +2,18 @@
 (batching, commits, errors) here and in code built on medocr.
 
 It does no OCR: it reports each page's size, so tests can tell pages apart, and it can be
-told to be slow, fail transiently, fail a page for good, or die. A listener gets the
-text word by word; a page in ``restarts`` first streams a loop it then throws away, as
-an engine's quality retry does.
+told to be slow, fail transiently, fail a page for good, cut a page short (``TRUNCATED``,
+finish reason ``length``), or die. A listener gets the text word by word; a page in
+``restarts`` first streams a loop it then throws away, as an engine's quality retry
+does. Its token counts are plausible, not real: a token per word of text, and for the
+prompt a token per word plus one per 28x28 px of the page (as Qwen2-VL sees an image),
+unless ``prompt_tokens`` fixes the count.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,6 +27,9 @@ from consumers.engines import (
     TextDelta,
 )
 from consumers.errors import EngineBusyError, EngineDeadError, PageFailedError
+from schemas import PageStatus
+
+PATCH_PX = 28  # one visual token per 28x28 px, as Qwen2-VL counts an image
 
 
 @dataclass
@@ -34,6 +41,8 @@ class FakeEngine:
     transient_failures: Counter[str] = field(default_factory=Counter)  # doc id -> count
     bad_pages: set[tuple[str, int]] = field(default_factory=set)
     restarts: set[tuple[str, int]] = field(default_factory=set)  # retried once
+    truncated: set[tuple[str, int]] = field(default_factory=set)  # stop at max_tokens
+    prompt_tokens: int | None = None  # every page's prompt count (None: estimated)
     dead_on: set[str] = field(default_factory=set)
     gates: dict[str, asyncio.Event] = field(
         default_factory=dict
@@ -79,9 +88,24 @@ class FakeEngine:
             attempts = 2 if (doc, page.page_number) in self.restarts else 1
             if on_event is not None:
                 await _stream(text, attempts, on_event)
-            return PageResult(text=text, attempts=attempts)
+            cut = (doc, page.page_number) in self.truncated
+            return PageResult(
+                text=text,
+                status=PageStatus.TRUNCATED if cut else PageStatus.OK,
+                token_count=len(text.split()),
+                attempts=attempts,
+                finish_reason="length" if cut else "stop",
+                prompt_tokens=self._prompt_tokens(page),
+            )
         finally:
             self.concurrent -= 1
+
+    def _prompt_tokens(self, page: PageRequest) -> int:
+        if self.prompt_tokens is not None:
+            return self.prompt_tokens
+        width, height = page.image.size
+        patches = math.ceil(width / PATCH_PX) * math.ceil(height / PATCH_PX)
+        return len(page.prompt.split()) + patches
 
 
 async def _stream(text: str, attempts: int, on_event: PageListener) -> None:

@@ -184,7 +184,7 @@ class AsyncLlmClient:
             async for output in self._engine.generate(
                 engine_input, params, request_id=f"page-{uuid.uuid4().hex}"
             ):
-                collector.add(output.outputs)
+                collector.add(output.outputs, output.prompt_token_ids)
         except VllmEngineDeadError as exc:
             raise EngineDeadError(f"vLLM engine died: {exc}") from exc
         except EngineGenerateError as exc:

@@ -4,7 +4,9 @@
 (nobody listens: nothing is sent before the end) there is one, holding the whole text;
 with ``DELTA`` (a listener wants the text as it comes) there is one per engine step,
 merged when the reader lags, each holding only the new text and token ids.
-``GenerationCollector`` reads either into one ``Generation``.
+``GenerationCollector`` reads either into one ``Generation``, with the prompt's length
+as vLLM tokenized it (``RequestOutput.prompt_token_ids``: the image's placeholder
+expanded to its visual tokens, so the count a usage report needs).
 
 Where vLLM 0.26 can fail a request without the page being at fault, it says so in the
 finish reason, not with an exception (``FinishReason`` in ``vllm/v1/engine/__init__.py``):
@@ -58,6 +60,7 @@ class GenerationCollector:
         self._parts: list[str] = []
         self._tokens = 0
         self._finish_reason: str | None = None
+        self._prompt_tokens = 0
         self._outputs = 0
 
     @property
@@ -65,8 +68,15 @@ class GenerationCollector:
         """Ask vLLM for ``DELTA`` outputs (else ``FINAL_ONLY``)."""
         return self._on_text is not None
 
-    def add(self, completions: Sequence[Completion]) -> None:
-        """One ``RequestOutput.outputs``; a page asks for one sequence (n=1)."""
+    def add(
+        self,
+        completions: Sequence[Completion],
+        prompt_token_ids: Sequence[int] | None = None,
+    ) -> None:
+        """One ``RequestOutput``: its ``outputs`` (a page asks for one sequence, n=1)
+        and its ``prompt_token_ids`` (every output repeats them; None: not known)."""
+        if prompt_token_ids:
+            self._prompt_tokens = len(prompt_token_ids)
         if not completions:
             return
         completion = completions[0]
@@ -87,4 +97,6 @@ class GenerationCollector:
         why = RETRYABLE_FINISH_REASONS.get(reason or "")
         if why is not None:
             raise EngineBusyError(f"vLLM ended the request unfinished ({why})")
-        return Generation("".join(self._parts), self._tokens, reason)
+        return Generation(
+            "".join(self._parts), self._tokens, reason, self._prompt_tokens
+        )

@@ -4,7 +4,8 @@
 in the Qwen2.5-VL chat format (image first), the token budget capped by the page's
 prompt length (its visual tokens counted at the size vLLM's processor will give it),
 and the output judged; a page that looped or ran out of tokens is retried with a
-higher temperature, then returned with a status that says so. A listener
+higher temperature, then returned with a status that says so (and the returned
+attempt's finish reason and prompt tokens, as vLLM counted them). A listener
 (``on_event``) gets each attempt's text as it is generated, and ``StreamRestarted``
 before a retry; without one, vLLM is asked only for the final output.
 Everything that touches vLLM lives behind ``VllmClient`` (``consumers.engines.vllm``
@@ -64,6 +65,7 @@ class Generation:
     text: str
     output_tokens: int
     finish_reason: str | None
+    prompt_tokens: int = 0  # as vLLM counted them (visual tokens included); 0: unknown
 
 
 TextSink = Callable[[str], None]  # new text of one request, as it is generated
@@ -218,7 +220,7 @@ class VllmPageEngine:
     ) -> PageResult:
         client = self._live_client()
         started = time.perf_counter()
-        chat_text, max_tokens = self._prompt(client, page)
+        chat_text, prompt_tokens, max_tokens = self._prompt(client, page)
         best: tuple[PageStatus, Generation] | None = None
         status: PageStatus | None = None
         attempts = 0
@@ -258,10 +260,13 @@ class VllmPageEngine:
             engine_s=time.perf_counter() - started,
             attempts=attempts,
             finish_reason=generation.finish_reason,
+            # vLLM's own count; ours (the same arithmetic) where it gave none
+            prompt_tokens=generation.prompt_tokens or prompt_tokens,
         )
 
-    def _prompt(self, client: VllmClient, page: PageRequest) -> tuple[str, int]:
-        """The chat text and the page's max_tokens, capped so the sequence fits."""
+    def _prompt(self, client: VllmClient, page: PageRequest) -> tuple[str, int, int]:
+        """The chat text, its tokens with the page's visual tokens, and the page's
+        max_tokens, capped so the sequence fits."""
         size = fit_pixels(
             page.image.width,
             page.image.height,
@@ -273,7 +278,7 @@ class VllmPageEngine:
         max_tokens = cap_max_tokens(
             page.max_tokens, prompt_tokens, self._settings.max_model_len
         )
-        return chat_text, max_tokens
+        return chat_text, prompt_tokens, max_tokens
 
     def _live_client(self) -> VllmClient:
         client = self._client

@@ -138,17 +138,22 @@ def failure_of(result: OcrResult) -> GatewayError | None:
 
 
 def finish_reason(result: OcrResult) -> str:
-    """``length`` when a page stopped at max_tokens, else ``stop``."""
+    """The document's, from its pages' engine finish reasons: ``length`` when a page
+    stopped at max_tokens, else the last page's that has one, else ``stop``."""
+    reasons = [page.finish_reason for page in result.pages if page.finish_reason]
+    # TRUNCATED too: results of workers from before pages carried their reason
     truncated = any(page.status is PageStatus.TRUNCATED for page in result.pages)
-    return "length" if truncated else "stop"
+    if truncated or "length" in reasons:
+        return "length"
+    return reasons[-1] if reasons else "stop"
 
 
 def usage(result: OcrResult) -> Mapping[str, int]:
-    prompt_tokens = 0  # the result does not carry the prompt's tokens (yet)
+    """OpenAI's usage: the engine's prompt (image included) and generated tokens."""
     return {
-        "prompt_tokens": prompt_tokens,
+        "prompt_tokens": result.prompt_token_count,
         "completion_tokens": result.token_count,
-        "total_tokens": prompt_tokens + result.token_count,
+        "total_tokens": result.prompt_token_count + result.token_count,
     }
 
 

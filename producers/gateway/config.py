@@ -12,6 +12,9 @@ from producers.kafka import MAX_DOCUMENT_BYTES
 DEFAULT_MAX_WAITS = 64
 # How long one HTTP request waits for its result before a 504.
 DEFAULT_TIMEOUT_S = 120.0
+# The consumer group of the gateway replicas' result readers: each reads only its
+# assigned partitions of the result topic, and its requests are answered there.
+DEFAULT_GROUP = "medocr-gateways"
 # Remote http(s) image URLs (off unless GATEWAY_HTTP_FETCH): the whole fetch.
 HTTP_FETCH_TIMEOUT_S = 10.0
 # What the chunks of a stream name as their model before the result names the real one.

@@ -68,6 +68,8 @@ class PageAnswer(BaseModel):
     status: str
     text: str
     token_count: int
+    prompt_token_count: int
+    finish_reason: str | None
     error_code: str | None
 
 
@@ -76,6 +78,7 @@ class OcrAnswer(BaseModel):
     text: str
     processing_time_ms: int
     token_count: int
+    prompt_token_count: int
     model: str
     status: str
     page_count: int
@@ -90,6 +93,7 @@ class OcrAnswer(BaseModel):
             text=result.text,
             processing_time_ms=result.processing_time_ms,
             token_count=result.token_count,
+            prompt_token_count=result.prompt_token_count,
             model=result.model,
             status=result.status.value,
             page_count=result.page_count,
@@ -99,6 +103,8 @@ class OcrAnswer(BaseModel):
                     status=page.status.value,
                     text=page.text,
                     token_count=page.token_count,
+                    prompt_token_count=page.prompt_token_count,
+                    finish_reason=page.finish_reason,
                     error_code=page.error_code,
                 )
                 for page in result.pages

@@ -1,8 +1,10 @@
 """``/health`` and ``/ready`` for probes (open), ``/metrics`` for Prometheus (the key).
 
 ``/health`` is 503 only when the gateway can never answer again (its result reader
-died: restart it); ``/ready`` is 503 while the brokers do not answer or, likewise, the
-reader is gone.
+died: restart it); ``/ready`` is 503 while the brokers do not answer, while the reader
+has no partition to read (``GATEWAY_GROUP``: before the group assigns this replica one,
+during a rebalance, or when there are more replicas than partitions) or, likewise, when
+the reader is gone.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from producers.gateway.source import ReplySource
+from producers.gateway.source import ReaderStatus, ReplySource
 from producers.gateway.waits import WaitTable
 
 
@@ -37,11 +39,16 @@ def probe_routes(
     async def ready() -> Response:
         failure = source.failure()
         reachable = await source.broker_reachable()
-        ready = reachable and failure is None
+        reader_ready, partitions = True, None
+        if isinstance(source, ReaderStatus):
+            reader_ready, partitions = source.reader_ready(), source.reply_partitions()
+        ready = reachable and reader_ready and failure is None
         return JSONResponse(
             {
                 "ready": ready,
                 "broker_reachable": reachable,
+                "reader_ready": reader_ready,
+                "reply_partitions": None if partitions is None else list(partitions),
                 "failure": failure,
                 "waits_in_flight": waits.in_use(),
                 "waits_limit": waits.limit,

@@ -20,6 +20,7 @@ from producers.gateway.config import GatewayConfig
 from producers.gateway.remote import RemoteFetcher, build_fetcher
 from producers.gateway.source import BrokerProbe, ClientReplySource
 from producers.kafka import build_waiter_consumer
+from producers.replies import ReplyReaderError
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,12 @@ async def run_gateway(
     port: int,
     stop: asyncio.Event,
 ) -> None:
-    """Serve until ``stop`` is set; ``client`` is open, with progress on."""
+    """Serve until ``stop`` is set; ``client`` is open, with progress on. Its reader
+    starts first: topics it cannot read are a ``GatewayStartError``."""
+    try:
+        await client.start()
+    except ReplyReaderError as exc:
+        raise GatewayStartError(f"the gateway cannot read its replies: {exc}") from exc
     probe = BrokerProbe(
         build_waiter_consumer(client_kwargs, config.max_document_bytes),
         config.result_topic,

@@ -2,12 +2,15 @@
 
 ``ReplySource`` is the seam: ``submit`` publishes a request and returns what will
 answer it; ``failure`` says why no answer can ever come again (``/health``), and
-``broker_reachable`` whether answers can come now (``/ready``). Today's is
-``ClientReplySource``: ``OcrClient.submit`` (the one publish-and-wait path) with its one
-``ReplyReader``, which reads the result and progress topics from their end, so this
-replica hears the answers to its own requests. Routing answers across replicas (a
-reply topic per replica, or keyed consumer assignment) is another source behind the
-same two methods.
+``broker_reachable`` whether answers can come now (``/ready``); a source that must be
+given partitions to read before it can answer says so too (``ReaderStatus``). Today's
+is ``ClientReplySource``: ``OcrClient.submit`` (the one publish-and-wait path) with its
+one ``ReplyReader``, which reads the result and progress topics from their end: the
+partitions the replicas' group (``GATEWAY_GROUP``) assigns it, which its requests name
+as their ``reply_partition``, so this replica hears the answers to its own requests
+and few others (``producers.routing``). A reply whose partition a rebalance gave to
+another replica fails at once with ``UNAVAILABLE`` (503): its result is still
+published.
 """
 
 from __future__ import annotations
@@ -16,17 +19,20 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from aiokafka import AIOKafkaConsumer
 
 from producers.client import OcrClient
-from producers.replies import ReplyReaderError
+from producers.gateway.errors import GatewayError
+from producers.replies import ReplyReaderError, ReplyRoutingError
 from schemas import OcrProgress, OcrRequest, OcrResult
 
 # How long /ready waits for the brokers' metadata, and how long an answer is reused.
 PROBE_TIMEOUT_S = 3.0
 PROBE_CACHE_S = 2.0
+# What a 503 for a reply this replica can no longer hear tells the sender to wait.
+ROUTING_RETRY_AFTER_S = 1
 
 
 class PendingReply(Protocol):
@@ -45,6 +51,16 @@ class ReplySource(Protocol):
     def failure(self) -> str | None: ...
 
     async def broker_reachable(self) -> bool: ...
+
+
+@runtime_checkable
+class ReaderStatus(Protocol):
+    """A source whose reader must be started, and assigned partitions, before it
+    can answer (``/ready``); a source without it is ready whenever the brokers are."""
+
+    def reader_ready(self) -> bool: ...
+
+    def reply_partitions(self) -> tuple[int, ...] | None: ...
 
 
 class BrokerProbe:
@@ -79,7 +95,8 @@ class BrokerProbe:
 
 
 class ClientReplySource:
-    """``OcrClient.submit``, watched for the death of its result reader."""
+    """``OcrClient.submit``, watched for the death of its result reader; replies it
+    cannot hear (``ReplyRoutingError``) answer 503."""
 
     def __init__(self, client: OcrClient, probe: BrokerProbe) -> None:
         self._client = client
@@ -104,7 +121,9 @@ class ClientReplySource:
         except ReplyReaderError as exc:
             self._reader_failed(exc)
             raise
-        return _WatchedReply(reply, self._reader_failed)
+        except ReplyRoutingError as exc:
+            raise unroutable(exc, request.document_id) from exc
+        return _WatchedReply(reply, request.document_id, self._reader_failed)
 
     def failure(self) -> str | None:
         if self._failure is None:
@@ -114,14 +133,38 @@ class ClientReplySource:
     async def broker_reachable(self) -> bool:
         return await self._probe.reachable()
 
+    def reader_ready(self) -> bool:
+        return self._client.ready()
+
+    def reply_partitions(self) -> tuple[int, ...] | None:
+        return self._client.reply_partitions()
+
     def _reader_failed(self, exc: ReplyReaderError) -> None:
         # The reader never comes back: /health and /ready stay 503 until a restart.
         self._failure = self._failure or type(exc.__cause__ or exc).__name__
 
 
+def unroutable(exc: ReplyRoutingError, document_id: str) -> GatewayError:
+    """503: this replica cannot hear the reply (a rebalance gave its partition to
+    another replica: the result is still published; or none was assigned to this
+    replica in time: nothing was published)."""
+    return GatewayError(
+        "UNAVAILABLE",
+        f"this gateway replica cannot wait for the result: {exc}",
+        request_id=document_id,
+        headers={"Retry-After": str(ROUTING_RETRY_AFTER_S)},
+    )
+
+
 class _WatchedReply:
-    def __init__(self, reply: PendingReply, on_failure: _FailureHook) -> None:
+    def __init__(
+        self,
+        reply: PendingReply,
+        document_id: str,
+        on_failure: _FailureHook,
+    ) -> None:
         self._reply = reply
+        self._document_id = document_id
         self._on_failure = on_failure
 
     async def events(self) -> AsyncIterator[OcrProgress]:
@@ -131,6 +174,8 @@ class _WatchedReply:
         except ReplyReaderError as exc:
             self._on_failure(exc)
             raise
+        except ReplyRoutingError as exc:
+            raise unroutable(exc, self._document_id) from exc
 
     async def result(self, timeout_s: float | None = None) -> OcrResult:
         try:
@@ -138,6 +183,8 @@ class _WatchedReply:
         except ReplyReaderError as exc:
             self._on_failure(exc)
             raise
+        except ReplyRoutingError as exc:
+            raise unroutable(exc, self._document_id) from exc
 
     def cancel(self) -> None:
         self._reply.cancel()

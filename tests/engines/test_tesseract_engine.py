@@ -104,6 +104,8 @@ async def test_sample_documents_within_the_cer_bound(engine: TesseractEngine) ->
         for result, truth in zip(results, case.ground_truth, strict=True):
             assert result.engine_s > 0
             assert result.token_count == len(result.text.split())
+            # no prompt and no token limit: Tesseract always reads to the end
+            assert (result.prompt_tokens, result.finish_reason) == (0, "stop")
             scores.append(score_page(result.text, truth))
             if case.degradation == "clean":
                 clean.append(scores[-1])

@@ -166,6 +166,10 @@ async def test_ocr_answers_base64_and_data_urls(settings: Settings) -> None:
     assert body["model"] == "fake-1"
     assert set(body) >= {"processing_time_ms", "token_count", "pages"}
     assert body["pages"][0]["page_number"] == 1
+    assert body["pages"][0]["finish_reason"] == "stop"
+    assert body["token_count"] == 3  # the fake engine's: one a word
+    # the fake's prompt: a token a word of the default prompt and per 28x28 px (3x2)
+    assert body["prompt_token_count"] == body["pages"][0]["prompt_token_count"] > 6
     assert data_url.status_code == 200, data_url.text
     generated = data_url.json()["request_id"]
     assert data_url.json()["text"] == f"{generated} p1 80x40"
@@ -251,7 +255,8 @@ def _chat_messages(png_bytes: bytes) -> list[ChatCompletionMessageParam]:
 
 
 async def test_openai_sdk_completes_and_streams(settings: Settings) -> None:
-    async with serving(settings) as gw:
+    engine = FakeEngine(truncated={("sdk-4", 1)})  # stops at max_tokens: "length"
+    async with serving(settings, engine) as gw:
         sdk = OpenAI(base_url=f"{gw.url}/v1", api_key=KEY, max_retries=0)
 
         def complete(scan: bytes, request_id: str) -> ChatCompletion:
@@ -283,18 +288,27 @@ async def test_openai_sdk_completes_and_streams(settings: Settings) -> None:
         with pytest.raises(UnprocessableEntityError) as failed:
             corrupt = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
             await asyncio.to_thread(complete, corrupt, "sdk-3")
+        cut = await asyncio.to_thread(complete, png(), "sdk-4")
         sdk.close()
     assert completion.id == "chatcmpl-sdk-1"
     assert completion.model == "fake-1"
     assert completion.choices[0].message.content == "sdk-1 p1 64x32"
     assert completion.choices[0].finish_reason == "stop"
     assert completion.usage is not None
-    assert completion.usage.completion_tokens == results["sdk-1"].token_count
+    assert completion.usage.completion_tokens == results["sdk-1"].token_count == 3
+    assert completion.usage.prompt_tokens == results["sdk-1"].prompt_token_count > 0
+    assert completion.usage.total_tokens == sum(
+        (completion.usage.prompt_tokens, completion.usage.completion_tokens)
+    )
     assert text == results["sdk-2"].text == "sdk-2 p1 70x35"
     assert chunks[0].model == "qwen-ocr"
-    assert chunks[-1].usage is not None and chunks[-1].choices == []
+    streamed_usage = chunks[-1].usage
+    assert streamed_usage is not None and chunks[-1].choices == []
+    assert streamed_usage.prompt_tokens == results["sdk-2"].prompt_token_count > 0
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert failed.value.code == "UNREADABLE_IMAGE"
+    assert cut.choices[0].finish_reason == "length"
+    assert cut.choices[0].message.content == "sdk-4 p1 64x32"
 
 
 async def test_auth_and_open_probes(settings: Settings) -> None:

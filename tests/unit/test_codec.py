@@ -100,8 +100,14 @@ def small_result() -> OcrResult:
         status=DocumentStatus.OK,
         completed_at=AT,
         text="a\fb",
-        pages=[OcrPage(1, PageStatus.OK, "a"), OcrPage(2, PageStatus.OK, "b")],
+        pages=[
+            OcrPage(
+                1, PageStatus.OK, "a", prompt_token_count=1300, finish_reason="stop"
+            ),
+            OcrPage(2, PageStatus.OK, "b"),
+        ],
         page_count=2,
+        prompt_token_count=1300,
     )
 
 
@@ -158,11 +164,22 @@ REQUEST_BODY = (
     + "00"  # correlation_id: null
     + "00"  # attributes: empty map
     + "00"  # stream: false
+    + "00"  # reply_partition: null
 )
-# page_number, status OK, text, error_code null, token_count 0, time 0, attempts 1,
-# source_page null, text_source OCR
-PAGE_A = "02" + "00" + _string("a") + "00" + "00" + "00" + "02" + "00" + "00"
-PAGE_B = "04" + "00" + _string("b") + "00" + "00" + "00" + "02" + "00" + "00"
+# page_number, status OK, text, error_code null, token_count 0, prompt_token_count,
+# finish_reason, time 0, attempts 1, source_page null, text_source OCR
+PAGE_A = (
+    "02" + "00" + _string("a") + "00" + "00"
+    + _zigzag(1300)  # prompt_token_count 1300
+    + "02" + _string("stop")  # finish_reason: union branch 1 (string)
+    + "00" + "02" + "00" + "00"
+)  # fmt: skip
+PAGE_B = (
+    "04" + "00" + _string("b") + "00" + "00"
+    + "00"  # prompt_token_count 0
+    + "00"  # finish_reason: null
+    + "00" + "02" + "00" + "00"
+)  # fmt: skip
 RESULT_BODY = (
     _string("doc-1")
     + "00"  # status: OK (enum index 0)
@@ -176,6 +193,7 @@ RESULT_BODY = (
     + "00"  # engine ""
     + "00"  # processing_time_ms 0
     + "00"  # token_count 0
+    + _zigzag(1300)  # prompt_token_count
     + "00"  # submitted_at: null
     + "dcec86829963"  # completed_at
     + "00" * 5  # end_to_end_ms, content_sha256, source_system, correlation_id: null; {}
@@ -266,9 +284,9 @@ def test_golden_wire_bytes(build: Any, name: str, body: str) -> None:
 @pytest.mark.parametrize(
     ("name", "fingerprint"),
     [
-        ("medocr.OcrRequest", "b5d439484a3cf025"),  # v1 e3a7d03724c37882
+        ("medocr.OcrRequest", "62228b957941aab4"),  # v1 e3a7d03724c37882
         # v1 fd4c2f6fbc50438a, v2 a51cf9a82eb3b21f
-        ("medocr.OcrResult", "3526605f811a7b6d"),
+        ("medocr.OcrResult", "831d041878769d7b"),
         ("medocr.OcrDeadLetter", "4f32807a74d2b824"),  # v1 d1da9b310e52f746
         ("medocr.OcrProgress", "46ee95334400ac43"),  # v1 ef062621b7669131
     ],
@@ -317,6 +335,7 @@ def _plain_enums(record: Any) -> dict[str, Any]:
             correlation_id="acc-42",
             attributes={"ward": "3"},
             stream=True,
+            reply_partition=5,
         ),
         OcrProgress("doc-1", 1, 2, PageStatus.TRUNCATED, AT, "a", sequence=3),
         delta_progress(),
@@ -448,6 +467,20 @@ def test_v1_bytes_decode_to_records_without_omissions(
     assert decode_record(record_type, raw).omitted_fields == []
 
 
+def test_v2_result_pages_decode_without_prompt_tokens_or_finish_reason() -> None:
+    """Results from before the engines reported them: 0 prompt tokens, no reason."""
+    written = V1_RECORDS["medocr.OcrResult"] | {
+        "pages": [{"page_number": 1, "status": "OK", "text": "a", "token_count": 2}],
+        "page_count": 1,
+        "token_count": 2,
+    }
+    raw = _frame(_history_schema("medocr.OcrResult.v2.avsc"), written)
+    result = decode_record(OcrResult, raw)
+    assert (result.token_count, result.prompt_token_count) == (2, 0)
+    assert result.pages == [OcrPage(1, PageStatus.OK, "a", token_count=2)]
+    assert result.pages[0].finish_reason is None
+
+
 def test_v1_request_bytes_decode_to_a_request_that_does_not_stream() -> None:
     raw = _frame(
         _history_schema("medocr.OcrRequest.v1.avsc"), V1_RECORDS["medocr.OcrRequest"]
@@ -455,6 +488,7 @@ def test_v1_request_bytes_decode_to_a_request_that_does_not_stream() -> None:
     request = decode_record(OcrRequest, raw)
     assert (request.document_id, request.attributes) == ("d1", {"ward": "3"})
     assert request.stream is False
+    assert request.reply_partition is None  # the key's partition, as before
 
 
 def test_v1_progress_bytes_decode_to_an_unnumbered_page_event() -> None:

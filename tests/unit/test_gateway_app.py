@@ -14,6 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
+from openai.types import CompletionUsage
+from openai.types.chat import ChatCompletion
 from prometheus_client import CollectorRegistry
 
 from producers.gateway.app import build_gateway
@@ -26,7 +28,8 @@ from schemas.records import PageStatus, ProgressKind, utc_now
 KEY = "unit-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(24)
-BODY = {"image_base64": base64.b64encode(PNG).decode()}
+BODY_B64 = base64.b64encode(PNG).decode()
+BODY = {"image_base64": BODY_B64}
 
 
 class HandReply:
@@ -75,18 +78,17 @@ class HandSource:
 
     def answer(self, document_id: str, text: str = "", **fields: Any) -> None:
         reply = self.replies[document_id]
-        status = fields.pop("status", DocumentStatus.OK)
+        fields = {
+            "status": DocumentStatus.OK,
+            "pages": [OcrPage(1, PageStatus.OK, text)],
+            "page_count": 1,
+            "model": "m-1",
+            **fields,
+        }
         reply.events_queue.put_nowait(None)
         reply.outcome.set_result(
             OcrResult(
-                document_id=document_id,
-                status=status,
-                completed_at=utc_now(),
-                text=text,
-                pages=[OcrPage(1, PageStatus.OK, text)],
-                page_count=1,
-                model="m-1",
-                **fields,
+                document_id=document_id, completed_at=utc_now(), text=text, **fields
             )
         )
 
@@ -200,6 +202,79 @@ async def test_a_stream_of_the_hand_source() -> None:
     assert lines[-1] == "data: [DONE]"
     assert response.text.count('"content":"Hel"') == 1
     assert response.text.count('"content":"lo"') == 1
+
+
+# Two pages as a vLLM worker reports them: the second stopped at max_tokens.
+COUNTED_PAGES = {
+    "pages": [
+        OcrPage(
+            1,
+            PageStatus.OK,
+            "a",
+            token_count=1,
+            prompt_token_count=1299,
+            finish_reason="stop",
+        ),
+        OcrPage(
+            2,
+            PageStatus.TRUNCATED,
+            "b",
+            error_code="TRUNCATED",
+            token_count=9,
+            prompt_token_count=1301,
+            finish_reason="length",
+        ),
+    ],
+    "page_count": 2,
+    "token_count": 10,
+    "prompt_token_count": 2600,
+}
+
+
+async def test_chat_usage_and_finish_reason_are_the_engines() -> None:
+    chat = {
+        "model": "qwen-ocr",
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "image_url",
+                        "image_url": {"url": "data:image/png;base64," + BODY_B64},
+                    }
+                ],
+            }
+        ],
+    }
+    async with app_client() as (http, source, _):
+        task = asyncio.create_task(
+            http.post(
+                "/v1/chat/completions",
+                json=chat,
+                headers={**AUTH, "X-Request-Id": "c"},
+            )
+        )
+        await source.published(1)
+        source.answer("c", "a\fb", **COUNTED_PAGES)
+        response = await task
+    completion = ChatCompletion.model_validate(response.json())
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.usage == CompletionUsage(
+        prompt_tokens=2600, completion_tokens=10, total_tokens=2610
+    )
+
+
+async def test_the_ocr_answer_carries_the_prompt_tokens_and_finish_reasons() -> None:
+    async with app_client() as (http, source, _):
+        task = asyncio.create_task(
+            http.post("/v1/ocr", json={**BODY, "request_id": "o"}, headers=AUTH)
+        )
+        await source.published(1)
+        source.answer("o", "a\fb", **COUNTED_PAGES)
+        answer = (await task).json()
+    assert (answer["token_count"], answer["prompt_token_count"]) == (10, 2600)
+    pages = [(p["prompt_token_count"], p["finish_reason"]) for p in answer["pages"]]
+    assert pages == [(1299, "stop"), (1301, "length")]
 
 
 async def test_probes_follow_the_source() -> None:

@@ -9,12 +9,14 @@ import json
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from openai.types.chat import ChatCompletionChunk
 
 from consumers.errors import INTERNAL_ERROR, PipelineError
+from producers.gateway.answers import finish_reason, usage
 from producers.gateway.auth import BearerAuth
 from producers.gateway.config import GatewayConfig
 from producers.gateway.errors import HTTP_STATUS, GatewayError, status_for
@@ -23,7 +25,7 @@ from producers.gateway.intake import IntakeLimits
 from producers.gateway.remote import RemoteFetcher
 from producers.gateway.sse import ChunkWriter
 from producers.gateway.streaming import Discard, LiveText
-from schemas import OcrProgress, PageStatus
+from schemas import DocumentStatus, OcrPage, OcrProgress, OcrResult, PageStatus
 from schemas.records import ProgressKind, utc_now
 
 KEY = "k3y-visible"
@@ -333,7 +335,8 @@ def test_chunks_are_openai_chat_completion_chunks() -> None:
         writer.emission(Discard(2)),
         writer.finish("length", "qwen"),
         writer.usage(
-            {"prompt_tokens": 0, "completion_tokens": 3, "total_tokens": 3}, "qwen"
+            {"prompt_tokens": 1300, "completion_tokens": 3, "total_tokens": 1303},
+            "qwen",
         ),
     ]
     parsed = []
@@ -346,3 +349,43 @@ def test_chunks_are_openai_chat_completion_chunks() -> None:
     assert parsed[3].choices[0].finish_reason == "length"
     assert parsed[3].model == "qwen"
     assert parsed[4].usage is not None and parsed[4].usage.completion_tokens == 3
+    assert parsed[4].usage.prompt_tokens == 1300
+
+
+def _page(number: int, reason: str | None, status: str = "OK") -> OcrPage:
+    return OcrPage(number, PageStatus(status), finish_reason=reason)
+
+
+@pytest.mark.parametrize(
+    ("pages", "expected"),
+    [
+        pytest.param([], "stop", id="no_pages"),
+        pytest.param([_page(1, "stop"), _page(2, "stop")], "stop", id="stopped"),
+        pytest.param(
+            [_page(1, "length", "TRUNCATED"), _page(2, "stop")], "length", id="cut"
+        ),
+        pytest.param(
+            [_page(1, "length", "REPETITIVE")], "length", id="looped_to_the_limit"
+        ),
+        pytest.param([_page(1, "stop"), _page(2, "eos")], "eos", id="engine_own"),
+        pytest.param([_page(1, "eos"), _page(2, None)], "eos", id="text_layer_last"),
+        pytest.param([_page(1, None, "TRUNCATED")], "length", id="older_worker"),
+        pytest.param([_page(1, None, "FAILED")], "stop", id="no_reason"),
+    ],
+)
+def test_finish_reason_of_a_document(pages: list[OcrPage], expected: str) -> None:
+    """``length`` if any page was cut, else the last reason an engine gave."""
+    assert finish_reason(_result(pages)) == expected
+
+
+def _result(pages: list[OcrPage], **fields: Any) -> OcrResult:
+    return OcrResult("d", DocumentStatus.OK, utc_now(), pages=pages, **fields)
+
+
+def test_usage_is_the_engines_token_counts() -> None:
+    result = _result([], token_count=12, prompt_token_count=1300)
+    assert usage(result) == {
+        "prompt_tokens": 1300,
+        "completion_tokens": 12,
+        "total_tokens": 1312,
+    }

@@ -14,7 +14,7 @@ import importlib
 import importlib.util
 import re
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 from PIL import Image
@@ -76,6 +76,9 @@ TEXT_TOKENS = (
     40  # what the fake tokenizer says the chat text takes, placeholder included
 )
 KV_TOKENS = 900_000
+# An A4 page at 150 dpi (1240x1754, resized to 840x1176): 1260 visual tokens, plus the
+# chat text's tokens without the placeholder that the visual tokens replace
+PAGE_PROMPT_TOKENS = 1260 + TEXT_TOKENS - 1
 
 
 def settings(**overrides: object) -> VllmSettings:
@@ -142,8 +145,10 @@ class FakeVllmClient:
             raise step
         collector = GenerationCollector(on_text)
         self.streamed.append(collector.streams)
+        # every RequestOutput repeats the prompt's ids; none when the script says 0
+        prompt_ids = tuple(range(step.prompt_tokens)) or None
         for completions in vllm_outputs(step, delta=collector.streams):
-            collector.add(completions)
+            collector.add(completions, prompt_ids)
             await asyncio.sleep(0)  # one engine step
         return collector.generation()
 
@@ -500,6 +505,7 @@ async def test_engine_sends_the_page_as_decoded_and_the_chat_text(
     assert result.text == ok().text
     assert result.attempts == 1
     assert result.finish_reason == "stop"
+    assert result.prompt_tokens == PAGE_PROMPT_TOKENS  # vLLM gave no count here
     (request,) = client.requests
     # vLLM's processor converts and resizes it (as for raw vLLM): no copy on the way.
     assert request.image is sent.image
@@ -540,7 +546,20 @@ async def test_max_tokens_cap_uses_the_page_prompt_length(
     await engine.start()
     await engine.recognize(page(max_tokens=4096))
     # 1260 visual tokens + 39 text tokens (placeholder excluded) leave 749
-    assert client.requests[0].sampling.max_tokens == 2048 - 1260 - 39
+    assert client.requests[0].sampling.max_tokens == 2048 - PAGE_PROMPT_TOKENS
+
+
+@pytest.mark.parametrize("listening", [False, True])
+async def test_the_prompt_tokens_are_vllms_own_count(
+    make_engine: Callable[..., tuple[VllmPageEngine, FakeVllmClient]],
+    listening: bool,
+) -> None:
+    """vLLM's ``prompt_token_ids`` hold the image's visual tokens: its count wins."""
+    engine, _ = make_engine([replace(ok(), prompt_tokens=1302)])
+    await engine.start()
+    events: list[PageEvent] = []
+    result = await engine.recognize(page(), events.append if listening else None)
+    assert (result.prompt_tokens, result.finish_reason) == (1302, "stop")
 
 
 async def test_a_sliver_page_fails_before_it_reaches_the_engine(
@@ -560,6 +579,7 @@ async def test_truncated_page_is_retried_hotter_then_flagged(
     await engine.start()
     result = await engine.recognize(page())
     assert result.status is PageStatus.TRUNCATED
+    assert result.finish_reason == "length"
     assert result.attempts == 3
     assert [r.sampling.temperature for r in client.requests] == pytest.approx(
         [0.0, 0.2, 0.4]
@@ -585,12 +605,19 @@ async def test_looping_page_keeps_the_best_attempt(
     make_engine: Callable[..., tuple[VllmPageEngine, FakeVllmClient]],
 ) -> None:
     engine, _ = make_engine(
-        [LOOP, cut("partial but real"), LOOP], ENGINE_QUALITY_RETRIES=2
+        [
+            replace(LOOP, prompt_tokens=1299),
+            replace(cut("partial but real"), prompt_tokens=1300),
+            replace(LOOP, finish_reason="stop", prompt_tokens=1301),
+        ],
+        ENGINE_QUALITY_RETRIES=2,
     )
     await engine.start()
     result = await engine.recognize(page())
     assert (result.status, result.text) == (PageStatus.TRUNCATED, "partial but real")
     assert result.attempts == 3
+    # the reason and the prompt of the attempt whose text it is, not the last one's
+    assert (result.finish_reason, result.prompt_tokens) == ("length", 1300)
 
 
 async def test_looping_page_is_flagged_repetitive_never_ok(
@@ -768,7 +795,9 @@ async def test_a_busy_engine_is_retried_with_backoff_then_read(
 ) -> None:
     """The transient path from the client seam to the page: vLLM's retryable error
     becomes EngineBusyError, the page recognizer backs off and asks again."""
-    engine, client = make_engine([Generation("", 0, "error"), ok()])
+    engine, client = make_engine(
+        [Generation("", 0, "error"), replace(ok(), prompt_tokens=1302)]
+    )
     await engine.start()
     registry = CollectorRegistry()
     seen: list[PageEvent] = []
@@ -795,6 +824,9 @@ async def test_a_busy_engine_is_retried_with_backoff_then_read(
         PagePlaces.admit(PageBudget(limit=1)),
     )
     assert (text.status, text.text) == (PageStatus.OK, ok().text)
+    # the page carries what the engine counted and why it stopped
+    assert (text.token_count, text.prompt_token_count) == (ok().output_tokens, 1302)
+    assert text.finish_reason == "stop"
     assert len(client.requests) == 2
     assert registry.get_sample_value("ocr_retries_total", {"reason": "transient"}) == 1
     assert StreamRestarted(attempt=1, reason="ENGINE_BUSY") in seen
@@ -808,6 +840,15 @@ def test_the_collector_keeps_the_last_final_output() -> None:
     collector.add([FakeCompletion("환자", (1, 2), None)])
     collector.add([FakeCompletion("환자 성명", (1, 2, 3), "stop")])
     assert collector.generation() == Generation("환자 성명", 3, "stop")
+
+
+def test_the_collector_counts_the_prompt_vllm_tokenized() -> None:
+    """``prompt_token_ids`` come with every output (the image's tokens expanded);
+    an output without them (None: prompt embeddings) keeps the count known."""
+    collector = GenerationCollector(lambda text: None)
+    collector.add([FakeCompletion("환자", (1,))], list(range(1299)))
+    collector.add([FakeCompletion(" 성명", (2,), "stop")], None)
+    assert collector.generation() == Generation("환자 성명", 2, "stop", 1299)
 
 
 def test_the_collector_joins_deltas_and_streams_them() -> None:
