@@ -8,20 +8,17 @@ and any other ``Authorization`` (malformed, non-ASCII, repeated) is a 401.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hmac
 import re
-import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
-import uvicorn
 from fastapi import FastAPI, HTTPException, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from consumers.errors import ConfigurationError
 from consumers.metrics import WorkerMetrics
 from consumers.state import WorkerState
+from producers.http_server import LoopServer
 
 
 def build_sidecar(
@@ -117,51 +114,8 @@ def bearer_matches(headers: Iterable[tuple[bytes, bytes]], key: bytes) -> bool:
     return found is not None and hmac.compare_digest(found.group(1), key)
 
 
-class _QuietServer(uvicorn.Server):
-    """The worker owns SIGTERM/SIGINT; uvicorn must not take them over."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-class SidecarServer:
+class SidecarServer(LoopServer):
     """uvicorn inside the worker's event loop."""
 
     def __init__(self, app: FastAPI, host: str, port: int) -> None:
-        config = uvicorn.Config(
-            app, host=host, port=port, log_level="warning", lifespan="off"
-        )
-        self._server = _QuietServer(config)
-        self._host = host
-        self._port = port
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        # Bind here: uvicorn would answer a bind error with sys.exit inside its task.
-        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self._host, self._port))
-        except OSError as exc:
-            sock.close()
-            raise ConfigurationError(
-                f"the sidecar cannot listen on {self._host}:{self._port}: {exc.strerror}"
-            ) from exc
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()
-                raise ConfigurationError("the sidecar stopped during start-up")
-            await asyncio.sleep(0.01)
-
-    @property
-    def port(self) -> int:
-        sockets = [s for server in self._server.servers for s in server.sockets]
-        return int(sockets[0].getsockname()[1]) if sockets else 0
-
-    async def stop(self) -> None:
-        self._server.should_exit = True
-        if self._task is not None:
-            await self._task
+        super().__init__(app, host, port, what="the sidecar", error=ConfigurationError)

@@ -5,12 +5,9 @@ what ``medocr gateway`` runs: the reply source, the app and the server, until ``
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
-import uvicorn
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
@@ -19,6 +16,7 @@ from producers.gateway.app import build_gateway
 from producers.gateway.config import GatewayConfig
 from producers.gateway.remote import RemoteFetcher, build_fetcher
 from producers.gateway.source import BrokerProbe, ClientReplySource
+from producers.http_server import LoopServer
 from producers.kafka import build_waiter_consumer
 from producers.replies import ReplyReaderError
 
@@ -29,62 +27,21 @@ class GatewayStartError(Exception):
     """The gateway cannot listen where it was told to."""
 
 
-class _QuietServer(uvicorn.Server):
-    """The caller owns SIGTERM/SIGINT; uvicorn must not take them over."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-class GatewayServer:
+class GatewayServer(LoopServer):
     """uvicorn in the running event loop; ``port`` 0 takes a free one."""
 
     def __init__(
         self, app: FastAPI, host: str, port: int, *, drain_timeout_s: float = 30.0
     ) -> None:
-        config = uvicorn.Config(
+        super().__init__(
             app,
-            host=host,
-            port=port,
-            log_level="warning",
+            host,
+            port,
+            what="the gateway",
+            error=GatewayStartError,
             lifespan="on",
-            timeout_graceful_shutdown=int(drain_timeout_s) or 1,
+            drain_timeout_s=drain_timeout_s,
         )
-        self._server = _QuietServer(config)
-        self._host = host
-        self._port = port
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        # Bind here: uvicorn would answer a bind error with sys.exit inside its task.
-        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self._host, self._port))
-        except OSError as exc:
-            sock.close()
-            raise GatewayStartError(
-                f"the gateway cannot listen on {self._host}:{self._port}:"
-                f" {exc.strerror}"
-            ) from exc
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()
-                raise GatewayStartError("the gateway stopped during start-up")
-            await asyncio.sleep(0.01)
-
-    @property
-    def port(self) -> int:
-        sockets = [s for server in self._server.servers for s in server.sockets]
-        return int(sockets[0].getsockname()[1]) if sockets else 0
-
-    async def stop(self) -> None:
-        self._server.should_exit = True
-        if self._task is not None:
-            await self._task
 
 
 async def run_gateway(
