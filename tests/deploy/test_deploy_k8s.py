@@ -108,16 +108,31 @@ def test_custom_resource_schemas_reject_mistakes(
         _validate(document, KUBERNETES_VERSIONS[0])
 
 
-def _deployment() -> dict[str, Any]:
-    deployments = k8s_kind("Deployment")
-    assert len(deployments) == 1
-    return deployments[0]
+def _component(kind: str, component: str) -> dict[str, Any]:
+    """The one ``kind`` labelled ``app.kubernetes.io/component: component``."""
+    (document,) = [
+        document
+        for document in k8s_kind(kind)
+        if document["metadata"]["labels"]["app.kubernetes.io/component"] == component
+    ]
+    return document
 
 
-def _worker() -> dict[str, Any]:
-    containers = medocr_containers(_deployment())
-    assert len(containers) == 1
-    return containers[0]
+def _deployment(component: str = "worker") -> dict[str, Any]:
+    return _component("Deployment", component)
+
+
+def _worker(component: str = "worker") -> dict[str, Any]:
+    (container,) = medocr_containers(_deployment(component))
+    return container
+
+
+def test_every_deployment_is_the_worker_or_the_gateway() -> None:
+    components = sorted(
+        document["metadata"]["labels"]["app.kubernetes.io/component"]
+        for document in k8s_kind("Deployment")
+    )
+    assert components == ["gateway", "worker"]
 
 
 def _env_values(container: dict[str, Any]) -> dict[str, Any]:
@@ -127,9 +142,11 @@ def _env_values(container: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def test_worker_sets_only_settings_the_worker_reads() -> None:
-    assert set(_env_values(_worker())) - allowed_env_names() == set()
-    assert "envFrom" not in _worker()  # every name stays visible to this check
+@pytest.mark.parametrize("component", ["worker", "gateway"])
+def test_containers_set_only_settings_medocr_reads(component: str) -> None:
+    container = _worker(component)
+    assert set(_env_values(container)) - allowed_env_names() == set()
+    assert "envFrom" not in container  # every name stays visible to this check
 
 
 def test_probes_resources_and_grace_period() -> None:
@@ -200,7 +217,7 @@ def test_pdb_service_and_monitor_select_the_worker_pods() -> None:
     pod_labels = _deployment()["spec"]["template"]["metadata"]["labels"]
     pdb = k8s_kind("PodDisruptionBudget")[0]["spec"]
     assert pdb["selector"]["matchLabels"].items() <= pod_labels.items()
-    service = k8s_kind("Service")[0]
+    service = _component("Service", "worker")
     assert service["spec"]["selector"].items() <= pod_labels.items()
     port_names = {port["name"] for port in service["spec"]["ports"]}
     monitor = k8s_kind("ServiceMonitor")[0]["spec"]
@@ -210,3 +227,36 @@ def test_pdb_service_and_monitor_select_the_worker_pods() -> None:
     )
     assert {endpoint["port"] for endpoint in monitor["endpoints"]} <= port_names
     assert all(endpoint["path"] == "/metrics" for endpoint in monitor["endpoints"])
+
+
+def test_gateway_runs_the_cpu_image_with_its_own_key_and_probes() -> None:
+    gateway = _worker("gateway")
+    assert gateway["args"] == ["gateway"]
+    assert gateway["image"].endswith("-cpu")  # no GPU, no vLLM: deploy/Dockerfile.cpu
+    assert "nvidia.com/gpu" not in gateway["resources"].get("limits", {})
+    env = _env_values(gateway)
+    assert env["HOST"] == "0.0.0.0"
+    assert env["KAFKA_ENABLE_IDEMPOTENCE"] == "true"
+    for name in ("KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"):
+        assert set(env[name]) == {"secretKeyRef"}, name
+    # It refuses to start without a key; a Secret of its own, not the /metrics key
+    # that Prometheus holds: this one is handed to every client of the API.
+    key = env["API_KEY"]["secretKeyRef"]
+    assert not key.get("optional", False)
+    assert key["name"] != _env_values(_worker())["API_KEY"]["secretKeyRef"]["name"]
+    (port,) = gateway["ports"]
+    assert str(port["containerPort"]) == env["PORT"]
+    assert gateway["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert gateway["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
+    assert gateway["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {"name": "tmp", "mountPath": "/tmp"} in gateway["volumeMounts"]
+
+
+def test_gateway_service_selects_the_gateway_pods_only() -> None:
+    pod_labels = _deployment("gateway")["spec"]["template"]["metadata"]["labels"]
+    service = _component("Service", "gateway")["spec"]
+    assert service["selector"].items() <= pod_labels.items()
+    worker_labels = _deployment()["spec"]["template"]["metadata"]["labels"]
+    assert not service["selector"].items() <= worker_labels.items()
+    (port,) = service["ports"]
+    assert port["targetPort"] == "http"

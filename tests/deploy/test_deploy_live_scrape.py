@@ -13,9 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ import yaml
 from consumers.local.broker import free_port
 from consumers.local.demo import sample_scans
 from producers.kafka import EMBEDDED_BROKER_FETCH_MAX_WAIT_MS
+from tests.deploy.processes import answers, child, wait_for
 from tests.deploy.tools import DEPLOY, REPO
 
 pytestmark = [pytest.mark.deploy, pytest.mark.tesseract]
@@ -33,45 +32,6 @@ pytestmark = [pytest.mark.deploy, pytest.mark.tesseract]
 SAMPLES = REPO / "producers" / "samples"
 SCANS = sample_scans()
 MEDOCR = [sys.executable, "-m", "consumers"]
-
-
-@contextmanager
-def _child(
-    argv: list[str], env: dict[str, str], log: Path
-) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO
-        )
-        try:
-            yield process
-        finally:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-
-
-def _wait_for(
-    what: str, check: Callable[[], bool], timeout_s: float, log: Path
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.25)
-    tail = log.read_text("utf-8", "replace")[-4000:]
-    pytest.fail(f"timed out waiting for {what}; log:\n{tail}")
-
-
-def _answers(url: str, status: int = 200) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == status
-    except httpx.HTTPError:
-        return False
 
 
 def _query(prometheus: str, expr: str) -> list[dict[str, Any]]:
@@ -149,9 +109,9 @@ def test_prometheus_scrapes_pipeline_metrics_from_a_running_worker(
 
     with ExitStack() as stack:
         broker = stack.enter_context(
-            _child([*MEDOCR, "broker", "--port", str(broker_port)], env, logs["broker"])
+            child([*MEDOCR, "broker", "--port", str(broker_port)], env, logs["broker"])
         )
-        _wait_for(
+        wait_for(
             "the broker",
             lambda: (
                 "broker ready on" in logs["broker"].read_text("utf-8", "replace")
@@ -162,11 +122,11 @@ def test_prometheus_scrapes_pipeline_metrics_from_a_running_worker(
         )
         assert broker.poll() is None, logs["broker"].read_text("utf-8", "replace")
 
-        worker = stack.enter_context(_child([*MEDOCR, "worker"], env, logs["worker"]))
-        _wait_for(
+        worker = stack.enter_context(child([*MEDOCR, "worker"], env, logs["worker"]))
+        wait_for(
             "the worker's /ready",
             lambda: (
-                _answers(f"http://127.0.0.1:{sidecar_port}/ready")
+                answers(f"http://127.0.0.1:{sidecar_port}/ready")
                 or worker.poll() is not None
             ),
             90,
@@ -174,11 +134,11 @@ def test_prometheus_scrapes_pipeline_metrics_from_a_running_worker(
         )
         assert worker.poll() is None, logs["worker"].read_text("utf-8", "replace")
         # the key is on: a scrape without it is refused, the probes stay open
-        assert _answers(f"http://127.0.0.1:{sidecar_port}/metrics", 401)
-        assert _answers(f"http://127.0.0.1:{sidecar_port}/health")
+        assert answers(f"http://127.0.0.1:{sidecar_port}/metrics", 401)
+        assert answers(f"http://127.0.0.1:{sidecar_port}/health")
 
         stack.enter_context(
-            _child(
+            child(
                 [
                     prometheus_bin,
                     f"--config.file={config}",
@@ -190,9 +150,9 @@ def test_prometheus_scrapes_pipeline_metrics_from_a_running_worker(
                 logs["prometheus"],
             )
         )
-        _wait_for(
+        wait_for(
             "Prometheus",
-            lambda: _answers(f"{prometheus}/-/ready"),
+            lambda: answers(f"{prometheus}/-/ready"),
             60,
             logs["prometheus"],
         )
@@ -208,7 +168,7 @@ def test_prometheus_scrapes_pipeline_metrics_from_a_running_worker(
         )
         assert published.returncode == 0, published.stdout + published.stderr
 
-        _wait_for(
+        wait_for(
             "a scrape that counts every document",
             lambda: (
                 _value(prometheus, 'sum(ocr_records_total{outcome="ok"})') >= len(SCANS)
@@ -237,7 +197,7 @@ def test_prometheus_scrapes_pipeline_metrics_from_a_running_worker(
         assert {series["metric"]["partition"] for series in lag} == {"0", "1"}
 
         # The alert rules load and evaluate against the real series.
-        _wait_for(
+        wait_for(
             "the recording rule",
             lambda: bool(_query(prometheus, "medocr:consumer_lag_records:sum")),
             15,
