@@ -14,7 +14,9 @@ something to send, gone when idle), keyed by document id and sent to the request
 ``reply_partition`` when it names one (as its result), so a document's events reach
 its partition in the order they were made, numbered 1, 2, 3... (``sequence``) per record.
 A page's DELTA text goes before its PAGE event, and the page callback returns once its
-PAGE event is handed to the producer, before the record's result is published.
+PAGE event is delivered (acknowledged by the broker, or refused), before the record's
+result is published: a reader that sees the result finds every event delivered before
+it in the progress partition's log (``producers.replies`` waits for them).
 
 Best effort: a send the producer refuses, or a delivery the broker refuses, is logged
 (kind, page number and error class, never text) and counted in ``failures``; nothing
@@ -72,7 +74,7 @@ _PageKey = tuple[_Document, int]  # the record's stream, the page number
 class _Queued:
     document: _Document
     event: OcrProgress
-    handed: asyncio.Future[None] | None = None  # a page callback waits for it
+    handed: asyncio.Future[None] | None = None  # a page callback waits for its delivery
 
 
 class ProgressSender:
@@ -106,7 +108,7 @@ class ProgressSender:
     async def __call__(
         self, request: OcrRequest, page: OcrPage, page_count: int
     ) -> None:
-        """A page finished: its text still buffered, then its PAGE event, handed over."""
+        """A page finished: its text still buffered, then its PAGE event, delivered."""
         if self._closed:
             return
         if not request.stream and not (self._publish_pages and page_count > 1):
@@ -260,19 +262,23 @@ class ProgressSender:
             )
         except asyncio.CancelledError:  # closing: it never went
             self.dropped += 1
+            _release(queued.handed)
             raise
         except Exception as exc:  # noqa: BLE001 - best effort, by design
             self._failed(event, exc)
             self._drop_deltas()  # behind a refused send: the PAGE event has the text
         else:
-            delivery.add_done_callback(partial(self._delivered, event))
-        finally:
-            if queued.handed is not None and not queued.handed.done():
-                queued.handed.set_result(None)
+            delivery.add_done_callback(partial(self._delivered, event, queued.handed))
+            return
+        _release(queued.handed)  # refused, or closing: it never went
 
     def _delivered(
-        self, event: OcrProgress, delivery: asyncio.Future[RecordMetadata]
+        self,
+        event: OcrProgress,
+        handed: asyncio.Future[None] | None,
+        delivery: asyncio.Future[RecordMetadata],
     ) -> None:
+        _release(handed)
         if delivery.cancelled():
             return
         exc = delivery.exception()
@@ -301,11 +307,16 @@ class ProgressSender:
         while self._queue:
             queued = self._queue.popleft()
             self.dropped += 1
-            if queued.handed is not None and not queued.handed.done():
-                queued.handed.set_result(None)
+            _release(queued.handed)
 
     def _lost(self, document: _Document, count: int, why: str) -> None:
         self.dropped += count
         if not document.warned:
             document.warned = True
             log.warning("progress events of a document dropped (%s)", why)
+
+
+def _release(handed: asyncio.Future[None] | None) -> None:
+    """The page callback waiting for this event returns."""
+    if handed is not None and not handed.done():
+        handed.set_result(None)

@@ -9,8 +9,11 @@ either every partition, without a consumer group (the CLI, the demo, one gateway
 waits for are skipped by their key (the document id) without being decoded. Results
 are matched by document id only: every reply waiting on an id gets the first result
 for it. A document's progress events come in the order the worker sent them (one
-partition); ``PageTexts`` turns a streaming request's events into each page's text so
-far.
+partition), and before its result: the two topics are read independently, so a result
+read before some of its pages' events waits until the progress partitions are read up
+to where they ended when the result was read (the worker publishes a result only once
+its events are acknowledged, ``producers.progress``). ``PageTexts`` turns a streaming
+request's events into each page's text so far.
 
 Errors a reply raises::
 
@@ -31,6 +34,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from producers.routing import GroupAssignment, check_copartitioned
 from schemas import (
@@ -107,6 +111,7 @@ class Reply:
         self._done = asyncio.Event()
         self._outcome: OcrResult | ReplyError | None = None
         self._events: asyncio.Queue[OcrProgress | None] = asyncio.Queue()
+        self._pages_ended: set[int] = set()  # pages whose PAGE event came
 
     def done(self) -> bool:
         return self._done.is_set()
@@ -147,6 +152,13 @@ class Reply:
     def _progress(self, event: OcrProgress) -> None:
         if self._streams_events and not self.done():
             self._events.put_nowait(event)
+            if event.kind is ProgressKind.PAGE:
+                self._pages_ended.add(event.page_number)
+
+    def _may_miss_events(self, result: OcrResult) -> bool:
+        """Whether events of the document may still be on their way: not every page
+        of the result ended with its PAGE event (if it had one at all)."""
+        return self._streams_events and len(self._pages_ended) < result.page_count
 
     def _end(self, outcome: OcrResult | ReplyError) -> None:
         if self.done():
@@ -212,6 +224,17 @@ class PageTexts:
         return gap
 
 
+@dataclass(eq=False)
+class _Settling:
+    """A result read before, perhaps, some of its document's progress events: its
+    replies end once the progress partitions are read up to ``until``, their end
+    offsets just after the result was read."""
+
+    result: OcrResult
+    replies: list[Reply]
+    until: dict[TopicPartition, int] | None = None
+
+
 @dataclass
 class ReaderCounts:
     """What the reader did with the records it read (for benches and metrics)."""
@@ -249,6 +272,7 @@ class ReplyReader:
         )
         self._assignment_wait_s = assignment_wait_s
         self._pending: dict[str, list[Reply]] = {}
+        self._settling: list[_Settling] = []
         self._task: asyncio.Task[None] | None = None
         self._failure: ReplyError | None = None
         self._started = False
@@ -350,11 +374,13 @@ class ReplyReader:
                     self._deliver(tp.topic, msg.key, msg.value)
                 if self._group is not None and msgs:
                     self._group.read(tp, msgs[-1].offset + 1)
+            if self._settling:
+                await self._settle()
 
     def _deliver(self, topic: str, key: bytes | None, value: bytes | None) -> None:
         self.counts.read += 1
         # Results and progress are keyed by document id: the others are not decoded.
-        if value is None or (key is not None and _text(key) not in self._pending):
+        if value is None or (key is not None and not self._waits_for(_text(key))):
             return
         self.counts.decoded += 1
         ctx = SerdeContext(topic)
@@ -366,11 +392,52 @@ class ReplyReader:
         except CodecError:
             return  # a foreign record on the topic is not ours to answer
         if topic == self._result_topic:
-            for reply in self._pending.pop(result.document_id, []):
-                reply._end(result)
+            replies = self._pending.pop(result.document_id, [])
+            waiting = [r for r in replies if r._may_miss_events(result)]
+            for reply in replies:
+                if reply not in waiting:
+                    reply._end(result)
+            if waiting:
+                self._settling.append(_Settling(result, waiting))
         else:
-            for reply in self._pending.get(progress.document_id, []):
+            settling = (
+                r
+                for s in self._settling
+                if s.result.document_id == progress.document_id
+                for r in s.replies
+            )
+            for reply in [*self._pending.get(progress.document_id, []), *settling]:
                 reply._progress(progress)
+
+    def _waits_for(self, document_id: str) -> bool:
+        return document_id in self._pending or any(
+            s.result.document_id == document_id for s in self._settling
+        )
+
+    async def _settle(self) -> None:
+        """End the replies whose results wait for the progress read before them."""
+        fresh = [s for s in self._settling if s.until is None]
+        if fresh:
+            assigned = self._consumer.assignment()
+            progress = [tp for tp in assigned if tp.topic == self._progress_topic]
+            try:
+                ends = await self._consumer.end_offsets(progress) if progress else {}
+            except KafkaError:
+                ends = {}  # best effort, as the events are: they may come too late
+            for settling in fresh:
+                settling.until = ends
+        for settling in list(self._settling):
+            if not settling.replies or await self._read_up_to(settling.until or {}):
+                self._settling.remove(settling)
+                for reply in list(settling.replies):
+                    reply._end(settling.result)
+
+    async def _read_up_to(self, until: dict[TopicPartition, int]) -> bool:
+        assigned = self._consumer.assignment()
+        for tp, end in until.items():
+            if tp in assigned and await self._consumer.position(tp) < end:
+                return False
+        return True
 
     def _reassigned(self, routable: tuple[int, ...]) -> None:
         """A rebalance ended: replies whose partition this reader lost fail now."""
@@ -384,6 +451,9 @@ class ReplyReader:
                     )
 
     def _forget(self, reply: Reply) -> None:
+        for settling in self._settling:
+            if reply in settling.replies:
+                settling.replies.remove(reply)
         replies = self._pending.get(reply.document_id, [])
         if reply in replies:
             replies.remove(reply)
@@ -408,6 +478,10 @@ class ReplyReader:
         for replies in list(self._pending.values()):
             for reply in list(replies):
                 reply._end(_for_document(failure, reply.document_id))
+        for settling in self._settling:  # their result came: it is theirs
+            for reply in list(settling.replies):
+                reply._end(settling.result)
+        self._settling.clear()
 
 
 def _text(key: bytes) -> str:

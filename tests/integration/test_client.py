@@ -14,7 +14,7 @@ from consumers.engines.fake import FakeEngine
 from consumers.settings import Settings
 from producers.cli import PublishOptions, publish_command
 from producers.client import OcrClient
-from producers.kafka import build_waiter_consumer
+from producers.kafka import build_producer, build_waiter_consumer
 from producers.replies import (
     READER_TASK_NAME,
     ReplyClosedError,
@@ -22,7 +22,15 @@ from producers.replies import (
     ReplyReaderError,
     ReplyTimeoutError,
 )
-from schemas import OcrProgress, OcrRequest
+from producers.results import ResultPublisher
+from schemas import (
+    DocumentStatus,
+    OcrPage,
+    OcrProgress,
+    OcrRequest,
+    OcrResult,
+    PageStatus,
+)
 from schemas.records import utc_now
 from tests.support.records import png_request
 from tests.support.scans import multipage_tiff
@@ -137,6 +145,62 @@ async def test_a_reader_whose_consumer_stops_fails_its_replies_with_the_cause(
         assert reader.pending() == 0
     finally:
         await reader.stop()
+
+
+async def test_a_result_read_before_its_progress_ends_the_reply_after_it(
+    settings: Settings,
+) -> None:
+    """The two topics are read independently: a result can be read before the events
+    the worker delivered first (here the progress partitions are paused, as a slow
+    leader of theirs would be). Its reply ends only once those events are read."""
+    kafka = settings.kafka
+    consumer = build_waiter_consumer(kafka.client_kwargs(), 1024 * 1024)
+    reader = ReplyReader(consumer, kafka.result_topic, kafka.progress_topic)
+    producer = build_producer(kafka.client_kwargs(), settings.producer_options())
+    publisher = ResultPublisher(
+        producer,
+        result_topic=kafka.result_topic,
+        dlq_topic=kafka.dlq_topic,
+        progress_topic=kafka.progress_topic,
+    )
+    page = OcrPage(1, PageStatus.OK, text="혈압 120/80")
+    await reader.start()
+    await producer.start()
+    try:
+        reply = reader.expect("late-events")
+        paused = [
+            tp for tp in consumer.assignment() if tp.topic == kafka.progress_topic
+        ]
+        consumer.pause(*paused)
+        event = OcrProgress(
+            "late-events", 1, 1, PageStatus.OK, utc_now(), page.text, sequence=1
+        )
+        await (await publisher.send_progress(event))  # acknowledged, then the result
+        await (
+            await publisher.send_result(
+                OcrResult(
+                    "late-events",
+                    DocumentStatus.OK,
+                    utc_now(),
+                    page.text,
+                    [page],
+                    page_count=1,
+                )
+            )
+        )
+        async with asyncio.timeout(30):
+            while reader.counts.read == 0:  # noqa: ASYNC110 - the result, read alone
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        assert not reply.done()
+        consumer.resume(*paused)
+        result = await reply.result(30)
+        events = [e.text async for e in reply.events()]
+    finally:
+        await producer.stop()
+        await reader.stop()
+    assert result.text == "혈압 120/80"
+    assert events == ["혈압 120/80"]
 
 
 async def test_an_id_submitted_twice_gets_the_first_result_on_both_replies(

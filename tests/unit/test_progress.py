@@ -57,3 +57,33 @@ async def test_a_single_page_document_sends_no_progress() -> None:
     producer = RefusingProducer(raise_now=False)
     await sender(producer)(png_request("doc"), OcrPage(1, PageStatus.OK, "x"), 1)
     assert producer.sent == []
+
+
+class HeldProducer:
+    """Takes each send at once and acknowledges it only when told."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[asyncio.Future[None]] = []
+
+    async def send(
+        self, topic: str, value: bytes, key: bytes | None = None
+    ) -> asyncio.Future[None]:
+        self.deliveries.append(asyncio.get_running_loop().create_future())
+        return self.deliveries[-1]
+
+
+async def test_the_page_callback_returns_once_its_event_is_acknowledged() -> None:
+    """A result published after the callback comes after its events in any log."""
+    producer = HeldProducer()
+    send = ProgressSender(
+        ResultPublisher(producer, result_topic="r", dlq_topic="d", progress_topic="p")
+    )
+    page = OcrPage(page_number=1, status=PageStatus.OK, text="x")
+    callback = asyncio.create_task(send(png_request("doc"), page, 2))
+    while not producer.deliveries:  # noqa: ASYNC110 - the sender takes it
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.05)
+    assert not callback.done()  # handed to the producer, not yet acknowledged
+    producer.deliveries[0].set_result(None)
+    await asyncio.wait_for(callback, 1)
+    await send.aclose()
