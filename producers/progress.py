@@ -62,9 +62,31 @@ class _Document:
     sequence: int = 0
     warned: bool = False  # one warning a record for its lost DELTAs
 
-    def numbered(self) -> int:
+    def event(
+        self,
+        kind: ProgressKind,
+        page_number: int,
+        *,
+        text: str = "",
+        page_count: int = 0,  # PAGE only
+        status: PageStatus = PageStatus.OK,
+        attempt: int = 1,
+        reason: str | None = None,
+    ) -> OcrProgress:
+        """The record's next event, numbered."""
         self.sequence += 1
-        return self.sequence
+        return OcrProgress(
+            document_id=self.document_id,
+            page_number=page_number,
+            page_count=page_count,
+            status=status,
+            emitted_at=utc_now(),
+            text=text,
+            kind=kind,
+            attempt=attempt,
+            sequence=self.sequence,
+            reason=reason,
+        )
 
 
 _PageKey = tuple[_Document, int]  # the record's stream, the page number
@@ -120,14 +142,12 @@ class ProgressSender:
         handed = asyncio.get_running_loop().create_future()
         self._put(
             document,
-            OcrProgress(
-                document_id=request.document_id,
-                page_number=page.page_number,
+            document.event(
+                ProgressKind.PAGE,
+                page.page_number,
+                text=page.text,
                 page_count=page_count,
                 status=page.status,
-                emitted_at=utc_now(),
-                text=page.text,
-                sequence=document.numbered(),
             ),
             handed,
         )
@@ -156,16 +176,8 @@ class ProgressSender:
         self._coalescer.discard((document, page_number))
         self._put(
             document,
-            OcrProgress(
-                document_id=document.document_id,
-                page_number=page_number,
-                page_count=0,
-                status=PageStatus.OK,
-                emitted_at=utc_now(),
-                kind=ProgressKind.RESTART,
-                attempt=attempt,
-                sequence=document.numbered(),
-                reason=reason,
+            document.event(
+                ProgressKind.RESTART, page_number, attempt=attempt, reason=reason
             ),
         )
 
@@ -198,16 +210,8 @@ class ProgressSender:
         document, number = ready.key
         self._put(
             document,
-            OcrProgress(
-                document_id=document.document_id,
-                page_number=number,
-                page_count=0,
-                status=PageStatus.OK,
-                emitted_at=utc_now(),
-                text=ready.text,
-                kind=ProgressKind.DELTA,
-                attempt=ready.attempt,
-                sequence=document.numbered(),
+            document.event(
+                ProgressKind.DELTA, number, text=ready.text, attempt=ready.attempt
             ),
         )
 

@@ -23,7 +23,7 @@ from producers.gateway.errors import GatewayError
 from producers.gateway.images import ImageFetcher, ScanReader
 from producers.gateway.intake import IntakeLimits
 from producers.gateway.metrics import GatewayMetrics, RecordRequests
-from producers.gateway.ocr import ocr_routes
+from producers.gateway.ocr import RouteParts, ocr_routes
 from producers.gateway.probes import probe_routes
 from producers.gateway.source import ReplySource
 from producers.gateway.waits import WaitTable
@@ -73,8 +73,9 @@ def build_gateway(
         lifespan=lifespan,
     )
     app.include_router(probe_routes(source, waits, registry, authorized))
-    app.include_router(ocr_routes(answers, scans, limits, authorized))
-    app.include_router(chat_routes(answers, scans, limits, authorized))
+    parts = RouteParts(answers, scans, limits, authorized)
+    app.include_router(ocr_routes(parts))
+    app.include_router(chat_routes(parts))
     app.add_exception_handler(GatewayError, _error_response)  # type: ignore[arg-type]
     app.add_middleware(RecordRequests, metrics=metrics)
     return app

@@ -10,14 +10,11 @@ are honoured; other OpenAI parameters are accepted and ignored. The request id i
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from producers.gateway.answers import (
-    Answers,
     StreamOptions,
     failure_of,
     finish_reason,
@@ -26,16 +23,14 @@ from producers.gateway.answers import (
 )
 from producers.gateway.config import STREAM_MODEL
 from producers.gateway.errors import invalid
-from producers.gateway.images import ScanReader
 from producers.gateway.intake import (
-    IntakeLimits,
     build_request,
     fingerprint,
     parse_json,
     read_body,
     request_id_of,
 )
-from producers.gateway.ocr import MAX_TOKENS
+from producers.gateway.ocr import MAX_TOKENS, RouteParts
 from producers.gateway.sse import ChunkWriter
 
 
@@ -97,13 +92,9 @@ def _url(image_url: ImageUrl | str | None) -> str:
     return image_url if isinstance(image_url, str) else image_url.url
 
 
-def chat_routes(
-    answers: Answers,
-    scans: ScanReader,
-    limits: IntakeLimits,
-    authorized: Callable[[Request], None],
-) -> APIRouter:
-    router = APIRouter(dependencies=[Depends(authorized)])
+def chat_routes(parts: RouteParts) -> APIRouter:
+    answers, scans, limits = parts.answers, parts.scans, parts.limits
+    router = parts.router()
 
     @router.post("/v1/chat/completions")
     async def completions(request: Request) -> Response:

@@ -8,6 +8,7 @@ A FAILED document answers with the same body as an OK one (``status``, ``error_c
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -114,13 +115,23 @@ class OcrAnswer(BaseModel):
         )
 
 
-def ocr_routes(
-    answers: Answers,
-    scans: ScanReader,
-    limits: IntakeLimits,
-    authorized: Callable[[Request], None],
-) -> APIRouter:
-    router = APIRouter(dependencies=[Depends(authorized)])
+@dataclass(frozen=True)
+class RouteParts:
+    """What the OCR and the chat routes work with."""
+
+    answers: Answers
+    scans: ScanReader
+    limits: IntakeLimits
+    authorized: Callable[[Request], None]  # raises unless the API key is right
+
+    def router(self) -> APIRouter:
+        """A router whose every route needs the API key."""
+        return APIRouter(dependencies=[Depends(self.authorized)])
+
+
+def ocr_routes(parts: RouteParts) -> APIRouter:
+    answers, scans, limits = parts.answers, parts.scans, parts.limits
+    router = parts.router()
 
     async def answer(
         request: Request,

@@ -17,6 +17,7 @@ import pytest
 from fastavro.schema import parse_schema, to_parsing_canonical_form
 
 from schemas import (
+    AvroRecord,
     AvroSchema,
     AvroSerde,
     CodecError,
@@ -421,6 +422,17 @@ def _history_schema(file_name: str) -> dict[str, Any]:
     return schema
 
 
+def _read_as_history(file_name: str, record: AvroRecord) -> dict[str, Any]:
+    """``record``'s current bytes as read by a reader still on a history schema."""
+    old = parse_schema(_history_schema(file_name))
+    current = parse_schema(read_schema(record.SCHEMA))
+    read = fastavro.schemaless_reader(
+        io.BytesIO(encode_record(record)[HEADER_BYTES:]), current, old
+    )
+    assert isinstance(read, dict)
+    return read
+
+
 def test_history_holds_exactly_the_changed_schemas() -> None:
     assert {_full_name(f) for f in _history_files()} == set(V1_RECORDS)
 
@@ -522,12 +534,7 @@ def test_a_v1_reader_reads_current_bytes_without_the_new_fields(
     file_name: str, record: Any, kept: dict[str, Any]
 ) -> None:
     """Workers and subscribers still on v1 keep reading: the new fields are skipped."""
-    old = parse_schema(_history_schema(file_name))
-    current = parse_schema(read_schema(record.SCHEMA))
-    read = fastavro.schemaless_reader(
-        io.BytesIO(encode_record(record)[HEADER_BYTES:]), current, old
-    )
-    assert isinstance(read, dict)
+    read = _read_as_history(file_name, record)
     assert set(_added_defaults(file_name)).isdisjoint(read)
     assert {field: read[field] for field in kept} == kept
 
@@ -550,20 +557,14 @@ def test_a_v1_reader_reads_current_bytes_and_ignores_omitted_fields(
     file_name: str, record: Any
 ) -> None:
     """Subscribers still on v1 keep working: the new field is skipped."""
-    old = parse_schema(_history_schema(file_name))
-    current = parse_schema(read_schema(record.SCHEMA))
-    read = fastavro.schemaless_reader(
-        io.BytesIO(encode_record(record)[HEADER_BYTES:]), current, old
-    )
-    assert isinstance(read, dict)
+    read = _read_as_history(file_name, record)
     assert "omitted_fields" not in read
     assert read["source_topic"] == record.source_topic
 
 
 @pytest.mark.parametrize("file_name", _history_files())
 def test_fields_added_since_a_history_schema_have_defaults(file_name: str) -> None:
-    text = resources.files("schemas").joinpath("history", file_name).read_text()
-    old_fields = {f["name"] for f in json.loads(text)["fields"]}
+    old_fields = {f["name"] for f in _history_schema(file_name)["fields"]}
     current = read_schema(_full_name(file_name))
     added = [f for f in current["fields"] if f["name"] not in old_fields]
     assert all("default" in f for f in added), [f["name"] for f in added]

@@ -158,6 +158,10 @@ class Harness:
         finally:
             assert self.budget.used == 0
 
+    async def recognize_request(self, req: OcrRequest) -> Outcome:
+        """``req`` as the worker consumes it: encoded, in a record of its own."""
+        return await self.recognize(record(encode_record(req)))
+
     async def recognize_all(self, msgs: list[Msg]) -> list[Outcome]:
         """Records admitted together, as one fetched batch, recognised concurrently."""
         places = [PagePlaces.admit(self.budget) for _ in msgs]
@@ -174,18 +178,21 @@ class Harness:
         return self.registry.get_sample_value(name, labels) or 0.0
 
 
+MakeHarness = Callable[..., Harness]
+
+
 @pytest.fixture
-def make_harness() -> Callable[..., Harness]:
+def make_harness() -> MakeHarness:
     def make(engine: FakeEngine | None = None, **limits: Any) -> Harness:
         return Harness(engine or FakeEngine(), ImageLimits(**limits))
 
     return make
 
 
-async def test_good_document_is_ok(make_harness: Callable[..., Harness]) -> None:
+async def test_good_document_is_ok(make_harness: MakeHarness) -> None:
     harness = make_harness()
     req = request()
-    outcome = await harness.recognize(record(encode_record(req)))
+    outcome = await harness.recognize_request(req)
     result = outcome.result
     assert outcome.dead_letter is None
     assert result.status is DocumentStatus.OK
@@ -265,7 +272,7 @@ async def test_scans_are_decoded_a_few_at_a_time() -> None:
 
 
 async def test_multipage_tiff_keeps_page_order_and_joins_with_form_feed(
-    make_harness: Callable[..., Harness],
+    make_harness: MakeHarness,
 ) -> None:
     sizes = [(30, 20), (31, 20), (32, 20)]
     finished: list[int] = []
@@ -284,7 +291,7 @@ async def test_multipage_tiff_keeps_page_order_and_joins_with_form_feed(
     engine = BackwardsEngine()
     harness = make_harness(engine)
     req = request(image=multipage_tiff(sizes), content_type="image/tiff")
-    result = (await harness.recognize(record(encode_record(req)))).result
+    result = (await harness.recognize_request(req)).result
     assert result.status is DocumentStatus.OK
     assert [p.page_number for p in result.pages] == [1, 2, 3]
     assert result.text.split("\f") == [
@@ -308,7 +315,7 @@ async def test_decoded_pages_never_exceed_the_budget() -> None:
 
     harness = Harness(WatchingEngine(delay_s=0.01), ImageLimits(), budget_limit=2)
     req = request(image=multipage_tiff([(10, 10)] * 7), content_type="image/tiff")
-    outcome = await harness.recognize(record(encode_record(req)))
+    outcome = await harness.recognize_request(req)
     assert outcome.result.status is DocumentStatus.OK
     assert outcome.result.page_count == 7
     assert len(seen) == 7
@@ -334,7 +341,7 @@ async def test_two_long_documents_share_a_small_budget_without_deadlock() -> Non
     ],
 )
 async def test_undecodable_record_is_dead_lettered_with_its_original_bytes(
-    make_harness: Callable[..., Harness], value: bytes | None
+    make_harness: MakeHarness, value: bytes | None
 ) -> None:
     harness = make_harness()
     headers = (("trace", b"\x01\x02"), ("source", b"emr"))
@@ -366,7 +373,7 @@ async def test_undecodable_record_is_dead_lettered_with_its_original_bytes(
     [(None, "ocr.requests-3-42"), (b"\xff\xfe", "ocr.requests-3-42"), (b"k", "k")],
 )
 async def test_undecodable_record_without_a_readable_key_uses_its_position(
-    make_harness: Callable[..., Harness], key: bytes | None, document_id: str
+    make_harness: MakeHarness, key: bytes | None, document_id: str
 ) -> None:
     outcome = await make_harness().recognize(record(b"junk", key=key))
     assert outcome.result.document_id == document_id
@@ -393,7 +400,7 @@ async def test_undecodable_record_without_a_readable_key_uses_its_position(
     ],
 )
 async def test_bad_requests_are_failed_results_and_dead_letters(
-    make_harness: Callable[..., Harness], fields: dict[str, object], code: str
+    make_harness: MakeHarness, fields: dict[str, object], code: str
 ) -> None:
     harness = make_harness(max_pixels=10_000)
     req = request(**fields)
@@ -409,16 +416,16 @@ async def test_bad_requests_are_failed_results_and_dead_letters(
 
 
 async def test_content_type_mismatch_names_both_types(
-    make_harness: Callable[..., Harness],
+    make_harness: MakeHarness,
 ) -> None:
     req = request(content_type="image/tiff")  # the bytes are a PNG
-    outcome = await make_harness().recognize(record(encode_record(req)))
+    outcome = await make_harness().recognize_request(req)
     assert outcome.result.error_code == "INVALID_REQUEST"
     assert "image/tiff" in (outcome.result.error_message or "")
     assert "image/png" in (outcome.result.error_message or "")
 
 
-async def test_a_bad_page_fails_alone(make_harness: Callable[..., Harness]) -> None:
+async def test_a_bad_page_fails_alone(make_harness: MakeHarness) -> None:
     engine = FakeEngine(bad_pages={("doc-1", 2)})
     harness = make_harness(engine)
     req = request(
@@ -449,11 +456,11 @@ async def test_a_bad_page_fails_alone(make_harness: Callable[..., Harness]) -> N
 
 
 async def test_transient_engine_failure_is_retried_then_ok(
-    make_harness: Callable[..., Harness],
+    make_harness: MakeHarness,
 ) -> None:
     engine = FakeEngine(transient_failures=Counter({"doc-1": 2}))
     harness = make_harness(engine)
-    outcome = await harness.recognize(record(encode_record(request())))
+    outcome = await harness.recognize_request(request())
     assert outcome.result.status is DocumentStatus.OK
     assert outcome.dead_letter is None
     assert engine.calls == [("doc-1", 1)] * 3
@@ -461,32 +468,32 @@ async def test_transient_engine_failure_is_retried_then_ok(
 
 
 async def test_transient_failures_past_the_retry_budget_are_fatal(
-    make_harness: Callable[..., Harness],
+    make_harness: MakeHarness,
 ) -> None:
     engine = FakeEngine(transient_failures=Counter({"doc-1": 10}))
     harness = make_harness(engine)
     with pytest.raises(RetriesExhaustedError):
-        await harness.recognize(record(encode_record(request())))
+        await harness.recognize_request(request())
     assert len(engine.calls) == FAST_RETRY.attempts
 
 
-async def test_dead_engine_propagates(make_harness: Callable[..., Harness]) -> None:
+async def test_dead_engine_propagates(make_harness: MakeHarness) -> None:
     harness = make_harness(FakeEngine(dead_on={"doc-1"}))
     with pytest.raises(EngineDeadError):
-        await harness.recognize(record(encode_record(request())))
+        await harness.recognize_request(request())
 
 
 async def test_dead_engine_on_a_multipage_document_releases_the_budget(
-    make_harness: Callable[..., Harness],
+    make_harness: MakeHarness,
 ) -> None:
     harness = make_harness(FakeEngine(dead_on={"doc-1"}))
     req = request(image=multipage_tiff([(10, 10)] * 3), content_type="image/tiff")
     with pytest.raises(EngineDeadError):
-        await harness.recognize(record(encode_record(req)))
+        await harness.recognize_request(req)
 
 
 async def test_prompt_and_max_tokens_defaults_reach_the_engine(
-    make_harness: Callable[..., Harness],
+    make_harness: MakeHarness,
 ) -> None:
     prompts: list[tuple[str, int, float]] = []
 
@@ -507,12 +514,10 @@ async def test_prompt_and_max_tokens_defaults_reach_the_engine(
     assert prompts == [("prompt", 256, 0.0), ("p2", 9, 0.0)]
 
 
-async def test_same_scan_gives_the_same_content_hash(
-    make_harness: Callable[..., Harness],
-) -> None:
+async def test_same_scan_gives_the_same_content_hash(make_harness: MakeHarness) -> None:
     harness = make_harness()
-    first = await harness.recognize(record(encode_record(request(document_id="a"))))
-    second = await harness.recognize(record(encode_record(request(document_id="b"))))
+    first = await harness.recognize_request(request(document_id="a"))
+    second = await harness.recognize_request(request(document_id="b"))
     assert first.result.content_sha256 == second.result.content_sha256
     assert first.result.content_sha256 == hashlib.sha256(png()).hexdigest()
 
@@ -522,10 +527,10 @@ async def test_same_scan_gives_the_same_content_hash(
     [({"temperature": 5.0}, "doc-1"), ({"document_id": "  "}, "doc-1")],
 )
 async def test_invalid_request_keeps_what_the_sender_sent(
-    make_harness: Callable[..., Harness], fields: dict[str, object], document_id: str
+    make_harness: MakeHarness, fields: dict[str, object], document_id: str
 ) -> None:
     """A request that decodes but fails the checks still echoes its correlation."""
-    outcome = await make_harness().recognize(record(encode_record(request(**fields))))
+    outcome = await make_harness().recognize_request(request(**fields))
     result = outcome.result
     assert result.error_code == "INVALID_REQUEST"
     assert result.document_id == document_id  # the key stands in for a blank id
@@ -560,10 +565,10 @@ async def test_invalid_request_keeps_what_the_sender_sent(
     ],
 )
 async def test_absurd_fields_are_refused_before_any_work(
-    make_harness: Callable[..., Harness], fields: dict[str, object], words: str
+    make_harness: MakeHarness, fields: dict[str, object], words: str
 ) -> None:
     harness = make_harness()
-    outcome = await harness.recognize(record(encode_record(request(**fields))))
+    outcome = await harness.recognize_request(request(**fields))
     assert outcome.result.error_code == "INVALID_REQUEST"
     assert words in (outcome.result.error_message or "")
     assert outcome.dead_letter is not None
@@ -571,10 +576,10 @@ async def test_absurd_fields_are_refused_before_any_work(
 
 
 async def test_korean_and_uid_identifiers_are_accepted(
-    make_harness: Callable[..., Harness],
+    make_harness: MakeHarness,
 ) -> None:
     fields = {"document_id": "처방전-2024/05/1.2.840.10008", "source_system": "EMR 1"}
-    outcome = await make_harness().recognize(record(encode_record(request(**fields))))
+    outcome = await make_harness().recognize_request(request(**fields))
     assert outcome.result.status is DocumentStatus.OK
 
 
@@ -620,18 +625,18 @@ async def test_a_decode_past_its_time_limit_is_abandoned() -> None:
 
     harness = Harness(FakeEngine(), ImageLimits(), opener=hanging, decode_timeout_s=0.2)
     started = time.monotonic()
-    outcome = await harness.recognize(record(encode_record(request())))
+    outcome = await harness.recognize_request(request())
     assert time.monotonic() - started < 1.5
     assert outcome.result.error_code == "DECODE_TIMEOUT"
     assert outcome.dead_letter is not None
 
 
 async def test_document_pixels_are_limited_before_decoding(
-    make_harness: Callable[..., Harness],
+    make_harness: MakeHarness,
 ) -> None:
     harness = make_harness(max_document_pixels=250)
     req = request(image=multipage_tiff([(10, 10)] * 3), content_type="image/tiff")
-    outcome = await harness.recognize(record(encode_record(req)))
+    outcome = await harness.recognize_request(req)
     assert outcome.result.error_code == "PIXEL_LIMIT"
     assert "OCR_MAX_DOCUMENT_PIXELS" in (outcome.result.error_message or "")
     assert harness.engine.calls == []
@@ -657,7 +662,7 @@ async def test_an_engine_bug_that_leaves_it_healthy_fails_only_that_page() -> No
     await engine.start()
     harness = Harness(engine, ImageLimits())
     req = request(image=multipage_tiff([(10, 10)] * 3), content_type="image/tiff")
-    outcome = await harness.recognize(record(encode_record(req)))
+    outcome = await harness.recognize_request(req)
     pages = outcome.result.pages
     assert [(p.status.value, p.error_code) for p in pages] == [
         ("OK", None),
@@ -675,7 +680,7 @@ async def test_an_engine_bug_that_leaves_it_unhealthy_stops_the_worker() -> None
     harness = Harness(engine, ImageLimits())
     req = request(image=multipage_tiff([(10, 10)] * 3), content_type="image/tiff")
     with pytest.raises(EngineDeadError) as caught:
-        await harness.recognize(record(encode_record(req)))
+        await harness.recognize_request(req)
     assert isinstance(caught.value.__cause__, IndexError)
 
 
@@ -685,16 +690,14 @@ async def test_a_failing_progress_send_never_fails_the_record() -> None:
 
     harness = Harness(FakeEngine(), ImageLimits(), on_page=broken_send)
     req = request(image=multipage_tiff([(10, 10)] * 2), content_type="image/tiff")
-    outcome = await harness.recognize(record(encode_record(req)))
+    outcome = await harness.recognize_request(req)
     assert outcome.result.status is DocumentStatus.OK
     assert outcome.dead_letter is None
 
 
-async def test_a_refused_field_is_not_echoed_back(
-    make_harness: Callable[..., Harness],
-) -> None:
+async def test_a_refused_field_is_not_echoed_back(make_harness: MakeHarness) -> None:
     fields = {"correlation_id": "c" * 40, "attributes": {"k": "v" * 70}}
-    outcome = await make_harness().recognize(record(encode_record(request(**fields))))
+    outcome = await make_harness().recognize_request(request(**fields))
     result = outcome.result
     assert result.error_code == "INVALID_REQUEST"
     assert result.correlation_id is None

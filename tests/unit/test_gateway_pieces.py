@@ -260,6 +260,9 @@ def test_intake_caps_fit_the_largest_document() -> None:
     assert limits.upload_cap() > 20 * 1024 * 1024
 
 
+DELTA, RESTART, PAGE = ProgressKind.DELTA, ProgressKind.RESTART, ProgressKind.PAGE
+
+
 def _event(
     kind: ProgressKind, page: int, text: str = "", **fields: object
 ) -> OcrProgress:
@@ -279,28 +282,49 @@ def _applied(live: LiveText, *events: OcrProgress) -> list[object]:
     return [emission for event in events for emission in live.apply(event)]
 
 
-def test_live_text_streams_pages_in_order() -> None:
+@pytest.mark.parametrize(
+    ("events", "emitted", "final", "rest"),
+    [
+        pytest.param(
+            [
+                _event(DELTA, 1, "Hello", sequence=1),
+                _event(DELTA, 2, "later", sequence=2),  # waits for page 1
+                _event(DELTA, 1, " world ", sequence=3),  # the blank is held back
+                _event(PAGE, 1, "Hello world", page_count=2, sequence=4),
+                _event(PAGE, 2, "later on", page_count=2, sequence=5),
+            ],
+            ["Hello", " world", "\flater", " on"],
+            "Hello world\flater on",
+            [],
+            id="pages_in_order",
+        ),
+        pytest.param(
+            [
+                _event(PAGE, 2, "two", page_count=3),
+                _event(PAGE, 1, "one", page_count=3),
+            ],
+            ["one\ftwo\f"],
+            "one\ftwo\fthree",
+            ["three"],
+            id="page_events_only",
+        ),
+    ],
+)
+def test_live_text_streams_pages_in_order_and_the_rest_at_the_end(
+    events: list[OcrProgress], emitted: list[object], final: str, rest: list[object]
+) -> None:
     live = LiveText()
-    delta, page = ProgressKind.DELTA, ProgressKind.PAGE
-    assert _applied(
-        live,
-        _event(delta, 1, "Hello", sequence=1),
-        _event(delta, 2, "later", sequence=2),  # waits for page 1
-        _event(delta, 1, " world ", sequence=3),  # the blank is held back
-        _event(page, 1, "Hello world", page_count=2, sequence=4),
-        _event(page, 2, "later on", page_count=2, sequence=5),
-    ) == ["Hello", " world", "\flater", " on"]
-    assert live.finish("Hello world\flater on") == []
+    assert _applied(live, *events) == emitted
+    assert live.finish(final) == rest
 
 
 def test_live_text_takes_back_a_restart_and_a_differing_final_text() -> None:
     live = LiveText()
-    delta = ProgressKind.DELTA
     assert _applied(
         live,
-        _event(delta, 1, "____ ____", sequence=1),
-        _event(ProgressKind.RESTART, 1, attempt=2, sequence=2),
-        _event(delta, 1, "Real", attempt=2, sequence=3),
+        _event(DELTA, 1, "____ ____", sequence=1),
+        _event(RESTART, 1, attempt=2, sequence=2),
+        _event(DELTA, 1, "Real", attempt=2, sequence=3),
     ) == ["____ ____", Discard(9), "Real"]
     assert live.finish("Real text") == [" text"]
     assert live.finish("Rea1 text") == [Discard(6), "1 text"]
@@ -308,23 +332,11 @@ def test_live_text_takes_back_a_restart_and_a_differing_final_text() -> None:
 
 def test_live_text_holds_a_page_that_lost_events_until_it_is_final() -> None:
     live = LiveText()
-    delta = ProgressKind.DELTA
-    assert _applied(live, _event(delta, 1, "one", sequence=1)) == ["one"]
-    assert _applied(live, _event(delta, 1, " three", sequence=3)) == [Discard(3)]
-    assert live.apply(
-        _event(ProgressKind.PAGE, 1, "one two three", page_count=1, sequence=4)
-    ) == ["one two three"]
-
-
-def test_live_text_of_page_events_only() -> None:
-    live = LiveText()
-    page = ProgressKind.PAGE
-    assert _applied(
-        live,
-        _event(page, 2, "two", page_count=3),
-        _event(page, 1, "one", page_count=3),
-    ) == ["one\ftwo\f"]
-    assert live.finish("one\ftwo\fthree") == ["three"]
+    assert _applied(live, _event(DELTA, 1, "one", sequence=1)) == ["one"]
+    assert _applied(live, _event(DELTA, 1, " three", sequence=3)) == [Discard(3)]
+    assert live.apply(_event(PAGE, 1, "one two three", page_count=1, sequence=4)) == [
+        "one two three"
+    ]
 
 
 def test_chunks_are_openai_chat_completion_chunks() -> None:
