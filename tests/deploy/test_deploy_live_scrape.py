@@ -10,9 +10,6 @@ HTTP API, the way Grafana and the alert rules will.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -24,14 +21,21 @@ import yaml
 from consumers.local.broker import free_port
 from consumers.local.demo import sample_scans
 from producers.kafka import EMBEDDED_BROKER_FETCH_MAX_WAIT_MS
-from tests.deploy.processes import answers, child, wait_for
+from tests.deploy.processes import (
+    MEDOCR,
+    answers,
+    child,
+    host_env,
+    medocr_broker,
+    medocr_publish,
+    wait_for,
+)
 from tests.deploy.tools import DEPLOY, REPO
 
 pytestmark = [pytest.mark.deploy, pytest.mark.tesseract]
 
 SAMPLES = REPO / "producers" / "samples"
 SCANS = sample_scans()
-MEDOCR = [sys.executable, "-m", "consumers"]
 
 
 def _query(prometheus: str, expr: str) -> list[dict[str, Any]]:
@@ -70,11 +74,7 @@ def test_prometheus_scrapes_pipeline_metrics_from_a_running_worker(
     prometheus_bin: str, tmp_path: Path
 ) -> None:
     broker_port, sidecar_port, prometheus_port = free_port(), free_port(), free_port()
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("KAFKA_", "OCR_", "TESSERACT_", "API_KEY"))
-    }
+    env = host_env()
     env.update(
         KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{broker_port}",
         # The embedded broker has no idempotent producer.
@@ -108,19 +108,7 @@ def test_prometheus_scrapes_pipeline_metrics_from_a_running_worker(
     }
 
     with ExitStack() as stack:
-        broker = stack.enter_context(
-            child([*MEDOCR, "broker", "--port", str(broker_port)], env, logs["broker"])
-        )
-        wait_for(
-            "the broker",
-            lambda: (
-                "broker ready on" in logs["broker"].read_text("utf-8", "replace")
-                or broker.poll() is not None
-            ),
-            60,
-            logs["broker"],
-        )
-        assert broker.poll() is None, logs["broker"].read_text("utf-8", "replace")
+        stack.enter_context(medocr_broker(broker_port, env, logs["broker"]))
 
         worker = stack.enter_context(child([*MEDOCR, "worker"], env, logs["worker"]))
         wait_for(
@@ -157,16 +145,7 @@ def test_prometheus_scrapes_pipeline_metrics_from_a_running_worker(
             logs["prometheus"],
         )
 
-        published = subprocess.run(
-            [*MEDOCR, "publish", *map(str, SCANS), "--wait", "--timeout", "240"],
-            env=env,
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        assert published.returncode == 0, published.stdout + published.stderr
+        medocr_publish(SCANS, env, wait_s=240)
 
         wait_for(
             "a scrape that counts every document",

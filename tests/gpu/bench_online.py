@@ -52,16 +52,13 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from consumers.local.broker import free_port
 from consumers.settings import DEFAULT_PROMPT, VllmSettings
-from producers.kafka import EMBEDDED_BROKER_FETCH_MAX_WAIT_MS
-from schemas import AvroSerde
 from tests.gpu.bench_pipeline_vs_raw import (
-    RESULT_TOPIC,
     Pipeline,
     add_pipeline_args,
     engine_env,
@@ -78,7 +75,7 @@ from tests.gpu.online_load import (
     poisson_schedule,
     summarize_rate,
 )
-from tests.gpu.online_medocr import UncheckedSerde, check_same_bytes, replay_medocr
+from tests.gpu.online_medocr import replay_medocr
 from tests.gpu.online_peer import (
     replay,
     request_body,
@@ -87,6 +84,7 @@ from tests.gpu.online_peer import (
     wait_healthy,
 )
 from tests.gpu.online_report import plot, summarize, table
+from tests.support.processes import stop_process
 
 REFERENCE_RATE = 13.65  # raw offline LLM.generate, one H200, 256 tokens (issue 13)
 SYSTEMS = ("medocr", "peer")
@@ -140,6 +138,26 @@ class Run:
                     return float(row["duration_s"])
         return None
 
+    async def each_rate(
+        self,
+        system: str,
+        at_rate: Callable[[float, list[Arrival]], Awaitable[list[Outcome]]],
+        figures: Callable[[], dict[str, float]],
+    ) -> None:
+        """Offer each rate's schedule to ``system`` (``at_rate``), sampling its queue
+        (``figures``), and record the row; a pause between rates."""
+        for rate in self.rates():
+            duration = self.duration_for(system, rate)
+            if duration is None:
+                continue
+            arrivals = self.schedule(rate, duration)
+            with QueueSampler(figures) as sampler:
+                outcomes = await at_rate(rate, arrivals)
+            self.record(
+                system, rate_row(rate, duration, outcomes, sampler.samples, self.args)
+            )
+            await asyncio.sleep(self.args.gap_s)
+
     def record(self, system: str, row: dict[str, Any]) -> None:
         rows = self.results["systems"][system]["rates"]
         rows[:] = [r for r in rows if r["offered_rate"] != row["offered_rate"]] + [row]
@@ -160,8 +178,6 @@ class Run:
 
 
 async def run_medocr(run: Run) -> None:
-    from producers.client import OcrClient
-    from producers.kafka import ProducerOptions, Topics
     from producers.publisher import RequestOptions, build_request
 
     args = run.args
@@ -178,36 +194,23 @@ async def run_medocr(run: Run) -> None:
         options = RequestOptions(max_tokens=max_tokens, by_reference=args.by_reference)
         return [build_request(path, options) for path in page_files(folder)]
 
-    serde = AvroSerde() if args.checked_serde else UncheckedSerde()
-    check_same_bytes(serde, templates(warm_dir, 16)[0])
-    system["request_serde"] = type(serde).__name__
+    system["request_serde"] = "AvroSerde"  # the stock one (validating), as the CLI
     try:
         system["ready_s"] = round(await pipeline.start(), 1)
         log(f"medocr: worker ready in {system['ready_s']}s")
-        async with OcrClient(
-            {"bootstrap_servers": pipeline.bootstrap},
-            Topics(results=RESULT_TOPIC),
-            ProducerOptions(enable_idempotence=False),
-            fetch_max_wait_ms=EMBEDDED_BROKER_FETCH_MAX_WAIT_MS,
-            serde=serde,
-        ) as client:
+        async with pipeline.client() as client:
             warm = templates(warm_dir, 16)
             await replay_medocr(client, warm, burst(len(warm)), "warm-", 300)
             log("medocr: warm-up done")
             pages = templates(timed_dir, args.max_tokens)
-            for rate in run.rates():
-                duration = run.duration_for("medocr", rate)
-                if duration is None:
-                    continue
-                arrivals = run.schedule(rate, duration)
+
+            async def at_rate(rate: float, arrivals: list[Arrival]) -> list[Outcome]:
                 prefix = f"r{rate:g}-"
-                with QueueSampler(pipeline.engine_figures) as sampler:
-                    outcomes = await replay_medocr(
-                        client, pages, arrivals, prefix, args.drain_timeout_s
-                    )
-                row = rate_row(rate, duration, outcomes, sampler.samples, args)
-                run.record("medocr", row)
-                await asyncio.sleep(args.gap_s)
+                return await replay_medocr(
+                    client, pages, arrivals, prefix, args.drain_timeout_s
+                )
+
+            await run.each_rate("medocr", at_rate, pipeline.engine_figures)
     finally:
         pipeline.stop()
 
@@ -236,32 +239,18 @@ async def run_peer(run: Run) -> None:
         await replay(port, warm, burst(len(warm)), 300)
         log("peer: warm-up done")
         pages = bodies(timed_dir, args.max_tokens)
-        for rate in run.rates():
-            duration = run.duration_for("peer", rate)
-            if duration is None:
-                continue
-            arrivals = run.schedule(rate, duration)
-            with QueueSampler(vllm_queue_figures(port)) as sampler:
-                outcomes = await replay(port, pages, arrivals, args.drain_timeout_s)
-            row = rate_row(rate, duration, outcomes, sampler.samples, args)
-            run.record("peer", row)
-            await asyncio.sleep(args.gap_s)
+
+        async def at_rate(rate: float, arrivals: list[Arrival]) -> list[Outcome]:
+            return await replay(port, pages, arrivals, args.drain_timeout_s)
+
+        await run.each_rate("peer", at_rate, vllm_queue_figures(port))
     finally:
-        await asyncio.to_thread(stop, proc)
+        await asyncio.to_thread(stop_process, proc, 30)
 
 
 def spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     with open(log_path, "wb") as out:  # the child keeps its own descriptor
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def peer_engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -457,10 +446,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--tesseract-lang", default="eng")
     parser.add_argument("--page-scale", type=float, default=1.0,
                         help="scale the pages (< 1 for CPU checks; own folder)")  # fmt: skip
-    parser.add_argument(
-        "--checked-serde", action="store_true",
-        help="medocr: publish through the stock AvroSerde (validates every request)",
-    )  # fmt: skip
     parser.add_argument(
         "--report-only", default="", help="redo an online.json's report"
     )

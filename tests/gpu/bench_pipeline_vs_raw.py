@@ -53,7 +53,8 @@ from typing import Any, TextIO
 
 from consumers.local.broker import free_port
 from consumers.settings import DEFAULT_PROMPT, KafkaSettings, VllmSettings
-from producers.kafka import EMBEDDED_BROKER_FETCH_MAX_WAIT_MS
+from producers.client import OcrClient
+from producers.kafka import EMBEDDED_BROKER_FETCH_MAX_WAIT_MS, ProducerOptions, Topics
 from tests.gpu.doc_pages import write_pages
 from tests.gpu.sampler import Sampler
 
@@ -271,6 +272,15 @@ class Pipeline:
         self.workers: list[subprocess.Popen[bytes]] = []
         self.logs: list[TextIO] = []
 
+    def client(self) -> OcrClient:
+        """An ``OcrClient`` of this pipeline's broker (reading every result partition)."""
+        return OcrClient(
+            {"bootstrap_servers": self.bootstrap},
+            Topics(results=RESULT_TOPIC),
+            ProducerOptions(enable_idempotence=False),
+            fetch_max_wait_ms=EMBEDDED_BROKER_FETCH_MAX_WAIT_MS,
+        )
+
     def spawn(
         self, name: str, argv: list[str], env: dict[str, str]
     ) -> subprocess.Popen[bytes]:
@@ -337,8 +347,6 @@ class Pipeline:
 
     async def run(self, folder: Path, prefix: str, max_tokens: int) -> dict[str, Any]:
         """Publish every page of ``folder`` and wait for all their results."""
-        from producers.client import OcrClient
-        from producers.kafka import ProducerOptions, Topics
         from producers.publisher import RequestOptions, build_request
 
         options = RequestOptions(
@@ -356,12 +364,7 @@ class Pipeline:
 
         self.publisher_pid = os.getpid()  # the client publishes from this process
         launched = time.time()
-        async with OcrClient(
-            {"bootstrap_servers": self.bootstrap},
-            Topics(results=RESULT_TOPIC),
-            ProducerOptions(enable_idempotence=False),
-            fetch_max_wait_ms=EMBEDDED_BROKER_FETCH_MAX_WAIT_MS,
-        ) as client:
+        async with self.client() as client:
             await asyncio.wait_for(
                 asyncio.gather(
                     *(submit_and_wait(client, path) for path in page_files(folder))

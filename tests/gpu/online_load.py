@@ -1,8 +1,7 @@
 """The online (MLPerf "Server") load: one seeded Poisson schedule, and what a run of it
 measured.
 
-Pure functions, no Kafka and no HTTP, so both systems of ``bench_online`` are judged by
-the same arithmetic:
+No Kafka and no HTTP, so both systems of ``bench_online`` are driven and judged alike:
 
 - ``poisson_schedule``: arrival times (exponential gaps at the offered rate) and the
   page each arrival carries, from one seed; the same seed gives the same schedule to
@@ -12,14 +11,17 @@ the same arithmetic:
   a page without an answer counts as infinitely late), the backlog's growth and the
   ``saturated`` flag;
 - ``max_sustainable``: the highest offered rate whose p99 is within the bound (MLPerf
-  v6's VLM server bound, 12 s) and that was not saturated.
+  v6's VLM server bound, 12 s) and that was not saturated;
+- ``at_arrivals``: the one replay loop of both clients: each arrival's request starts at
+  its time, and the requests still out after the drain timeout are cancelled.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -194,4 +196,33 @@ def outcome_rows(outcomes: Sequence[Outcome]) -> list[list[float | None]]:
             None if o.done_s is None else round(o.done_s, 3),
         ]
         for o in outcomes
+    ]
+
+
+async def at_arrivals(
+    arrivals: Sequence[Arrival],
+    one: Callable[[Arrival], Coroutine[Any, Any, None]],
+    start: float,
+    drain_timeout_s: float,
+) -> list[BaseException]:
+    """Start ``one(arrival)`` at ``start + arrival.at_s`` (the loop's clock); wait for
+    all, at most ``drain_timeout_s`` after the last arrival, then cancel what is still
+    out (for the peer, the disconnect aborts the request in vLLM). What the requests
+    raised, cancellations of late ones left out."""
+    loop = asyncio.get_running_loop()
+    tasks: list[asyncio.Task[None]] = []
+    for arrival in arrivals:
+        await asyncio.sleep(max(0.0, start + arrival.at_s - loop.time()))
+        tasks.append(asyncio.create_task(one(arrival)))
+    if not tasks:
+        return []
+    end = start + arrivals[-1].at_s + drain_timeout_s
+    await asyncio.wait(tasks, timeout=max(0.0, end - loop.time()))
+    for task in tasks:
+        task.cancel()
+    ended = await asyncio.gather(*tasks, return_exceptions=True)
+    return [
+        e
+        for e in ended
+        if isinstance(e, BaseException) and not isinstance(e, asyncio.CancelledError)
     ]

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from tests.gpu.online_load import Arrival, Outcome
+from tests.gpu.online_load import Arrival, Outcome, at_arrivals
 
 SERVED_MODEL = "medical-ocr"
 
@@ -129,15 +129,7 @@ async def replay(
                 arrival, sent[arrival.seq], done, ok, tokens
             )
 
-        tasks = []
-        for arrival in arrivals:
-            await asyncio.sleep(max(0.0, start + arrival.at_s - loop.time()))
-            tasks.append(asyncio.create_task(one(arrival)))
-        end = start + (arrivals[-1].at_s if arrivals else 0.0) + drain_timeout_s
-        await asyncio.wait(tasks, timeout=max(0.0, end - loop.time()))
-        for task in tasks:
-            task.cancel()  # a disconnect aborts the request in vLLM
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await at_arrivals(arrivals, one, start, drain_timeout_s)
     return [
         outcomes.get(a.seq) or Outcome(a, sent.get(a.seq, a.at_s), None, False)
         for a in arrivals

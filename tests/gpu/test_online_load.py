@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from tests.gpu.online_load import (
     Arrival,
     Outcome,
+    at_arrivals,
     max_sustainable,
     percentile,
     poisson_schedule,
@@ -78,3 +80,24 @@ def test_max_sustainable_strict_and_p99_only() -> None:
     assert max_sustainable(rows) == 5.0
     assert max_sustainable(rows, bound_s=12.0) == 8.0
     assert max_sustainable(rows[2:]) is None
+
+
+async def test_each_arrival_starts_at_its_time_and_late_ones_are_cancelled() -> None:
+    loop = asyncio.get_running_loop()
+    start = loop.time() + 0.05
+    arrivals = [Arrival(0, 0.0, 0), Arrival(1, 0.1, 0), Arrival(2, 0.2, 0)]
+    started: dict[int, float] = {}
+    finished: list[int] = []
+
+    async def one(arrival: Arrival) -> None:
+        started[arrival.seq] = loop.time() - start
+        if arrival.seq == 1:
+            raise ValueError("refused")
+        await asyncio.sleep(0.05 if arrival.seq == 0 else 60)  # the last never ends
+        finished.append(arrival.seq)
+
+    errors = await at_arrivals(arrivals, one, start, drain_timeout_s=0.2)
+    assert [round(started[n], 1) for n in (0, 1, 2)] == [0.0, 0.1, 0.2]
+    assert finished == [0]
+    assert [type(e) for e in errors] == [ValueError]  # the cancelled one is no error
+    assert loop.time() - start < 1

@@ -27,12 +27,11 @@ from openai.types.chat import (
 from PIL import Image
 
 from consumers.engines.fake import FakeEngine
-from consumers.local.broker import free_port
 from consumers.settings import Settings
 from producers.gateway.config import GatewayConfig
-from producers.gateway.server import run_gateway
 from schemas import OcrResult
 from tests.support.dicoms import secondary_capture
+from tests.support.gateway import served_gateway
 from tests.support.kafka import read_outputs
 from tests.support.pdfs import image_pdf
 from tests.support.scans import encode, multipage_tiff
@@ -87,37 +86,14 @@ async def serving(
         GatewayConfig(api_key=KEY, result_topic=kafka.result_topic, timeout_s=60),
         **config,
     )
-    port = free_port()
-    stop = asyncio.Event()
-    async with running_worker(settings, engine), settings.client(progress=True) as c:
-        task = asyncio.create_task(
-            run_gateway(
-                c,
-                gateway_config,
-                client_kwargs=kafka.client_kwargs(),
-                host="127.0.0.1",
-                port=port,
-                stop=stop,
-            )
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            async with httpx.AsyncClient(base_url=url, timeout=120) as http:
-                async with asyncio.timeout(30):
-                    while (await _health(http)) != 200:
-                        assert not task.done(), task.exception()
-                        await asyncio.sleep(0.05)
-                yield Gateway(url, http, engine, settings)
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 30)
-
-
-async def _health(http: httpx.AsyncClient) -> int:
-    try:
-        return (await http.get("/health")).status_code
-    except httpx.TransportError:
-        return 0
+    async with (
+        running_worker(settings, engine),
+        settings.client(progress=True) as c,
+        served_gateway(
+            c, gateway_config, kafka.client_kwargs(), until="/health", timeout_s=30
+        ) as served,
+    ):
+        yield Gateway(served.url, served.http, engine, settings)
 
 
 async def sse_lines(

@@ -29,6 +29,7 @@ from tests.support.cer import SAMPLES_DIR
 from tests.support.dicoms import encapsulated_pdf, secondary_capture
 from tests.support.kafka import publish_requests, read_outputs
 from tests.support.pdfs import image_pdf, text_pdf
+from tests.support.processes import stop_process
 from tests.support.records import scan_request
 from tests.support.scans import encode
 from tests.support.workers import LOGS, WorkerProcess
@@ -211,12 +212,7 @@ def child(argv: list[str], env: dict[str, str], log: Path) -> Iterator[Path]:
         try:
             yield log
         finally:
-            process.terminate()
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process, 30)
 
 
 def wait_until(

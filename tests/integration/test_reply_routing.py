@@ -19,7 +19,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
 from consumers.engines.fake import FakeEngine
@@ -32,6 +31,8 @@ from producers.gateway.server import GatewayStartError, run_gateway
 from producers.kafka import build_waiter_consumer
 from producers.replies import PageTexts, Reply, ReplyReader, ReplyReassignedError
 from schemas import OcrResult
+from tests.support.gateway import served_gateway
+from tests.support.kafka import from_the_beginning
 from tests.support.records import png_request
 from tests.support.workers import running_worker
 
@@ -71,16 +72,8 @@ async def until_split(*clients: OcrClient, partitions: int) -> None:
 
 async def placed(settings: Settings, topic: str) -> list[tuple[int, str]]:
     """Every record of ``topic`` so far: (partition, key)."""
-    consumer = AIOKafkaConsumer(
-        **settings.kafka.client_kwargs(), enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        await consumer.seek_to_beginning(*tps)
+    async with from_the_beginning(settings, topic) as consumer:
+        ends = await consumer.end_offsets(list(consumer.assignment()))
         records: list[tuple[int, str]] = []
         async with asyncio.timeout(60):
             while len(records) < sum(ends.values()):
@@ -91,8 +84,6 @@ async def placed(settings: Settings, topic: str) -> list[tuple[int, str]]:
                     for msg in msgs
                 )
         return records
-    finally:
-        await consumer.stop()
 
 
 async def streamed(reply: Reply) -> tuple[str, OcrResult]:
@@ -277,39 +268,18 @@ async def gateway(
     settings: Settings, client: OcrClient
 ) -> AsyncIterator[httpx.AsyncClient]:
     """``medocr gateway`` on a free port in front of ``client``."""
-    port, stop = free_port(), asyncio.Event()
     config = GatewayConfig(
         api_key=KEY, result_topic=settings.kafka.result_topic, timeout_s=60
     )
-    task = asyncio.create_task(
-        run_gateway(
-            client,
-            config,
-            client_kwargs=settings.kafka.client_kwargs(),
-            host="127.0.0.1",
-            port=port,
-            stop=stop,
-        )
-    )
-    try:
-        async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{port}", timeout=120
-        ) as http:
-            async with asyncio.timeout(ASSIGNED_S):
-                while (await _ready(http)) != 200:
-                    assert not task.done(), task.exception()
-                    await asyncio.sleep(0.1)
-            yield http
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-
-
-async def _ready(http: httpx.AsyncClient) -> int:
-    try:
-        return (await http.get("/ready")).status_code
-    except httpx.TransportError:
-        return 0
+    async with served_gateway(
+        client,
+        config,
+        settings.kafka.client_kwargs(),
+        until="/ready",
+        timeout_s=ASSIGNED_S,
+        poll_s=0.1,
+    ) as served:
+        yield served.http
 
 
 async def test_two_gateway_replicas_answer_over_http(settings: Settings) -> None:

@@ -7,16 +7,16 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from consumers.local.broker import ensure_topics, free_port
+from consumers.local.broker import free_port
 from consumers.local.demo import sample_scans
 from consumers.settings import Settings
 from tests.support.tls import Authority, TlsBroker, make_authority, tls_broker
+from tests.support.topics import case_settings
 from tests.support.workers import WorkerProcess, worker_env
 
 pytestmark = pytest.mark.integration
@@ -37,24 +37,13 @@ def stranger_ca(tmp_path_factory: pytest.TempPathFactory) -> Authority:
 @pytest.fixture
 async def settings(broker: TlsBroker) -> Settings:
     """This test's own topics and group on the TLS broker, created over TLS."""
-    suffix = uuid.uuid4().hex[:8]
-    base = Settings()
-    kafka = base.kafka.model_copy(
-        update={
-            "bootstrap_servers": broker.bootstrap_servers,
-            "security_protocol": "SSL",
-            "ssl_cafile": str(broker.ca.cert),
-            "enable_idempotence": False,  # tansu has no idempotent producer
-            "input_topic": f"req-{suffix}",
-            "result_topic": f"res-{suffix}",
-            "dlq_topic": f"dlq-{suffix}",
-            "progress_topic": f"prog-{suffix}",
-            "consumer_group": f"grp-{suffix}",
-            "partitions": 2,
-        }
+    return await case_settings(
+        broker.bootstrap_servers,
+        partitions=2,
+        fetch_max_wait_ms=None,
+        security_protocol="SSL",
+        ssl_cafile=str(broker.ca.cert),
     )
-    await ensure_topics(kafka.client_kwargs(), kafka.all_topics(), kafka.partitions)
-    return base.model_copy(update={"kafka": kafka})
 
 
 def tls_env(settings: Settings, cafile: Path | str) -> dict[str, str]:

@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from consumers.settings import Settings
+from consumers.settings import KafkaSettings, Settings
 from producers.kafka import build_producer
 from schemas import OcrDeadLetter, OcrRequest, OcrResult
 from tests.support.records import decode_record, encode_record
+
+
+def kafka_env(kafka: KafkaSettings) -> dict[str, str]:
+    """The environment variables a ``medocr`` child process reads ``kafka`` from:
+    broker, idempotence, fetch wait, topics and consumer group."""
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "KAFKA_ENABLE_IDEMPOTENCE": str(kafka.enable_idempotence).lower(),
+        "KAFKA_FETCH_MAX_WAIT_MS": str(kafka.fetch_max_wait_ms),
+        "OCR_INPUT_TOPIC": kafka.input_topic,
+        "OCR_RESULT_TOPIC": kafka.result_topic,
+        "OCR_DLQ_TOPIC": kafka.dlq_topic,
+        "OCR_PROGRESS_TOPIC": kafka.progress_topic,
+        "OCR_CONSUMER_GROUP": kafka.consumer_group,
+    }
 
 
 async def publish_raw(
@@ -44,10 +60,12 @@ async def publish_requests(settings: Settings, requests: Iterable[OcrRequest]) -
     )
 
 
-async def read_topic(
-    settings: Settings, topic: str, count: int, timeout_s: float = 60
-) -> list[bytes]:
-    """Every value on ``topic`` from the beginning, until ``count`` arrived or time is up."""
+@asynccontextmanager
+async def from_the_beginning(
+    settings: Settings, topic: str
+) -> AsyncIterator[AIOKafkaConsumer]:
+    """A consumer of no group, committing nothing, assigned every partition of
+    ``topic`` at its beginning."""
     consumer = AIOKafkaConsumer(
         **settings.kafka.client_kwargs(), enable_auto_commit=False
     )
@@ -57,14 +75,22 @@ async def read_topic(
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
+async def read_topic(
+    settings: Settings, topic: str, count: int, timeout_s: float = 60
+) -> list[bytes]:
+    """Every value on ``topic`` from the beginning, until ``count`` arrived or time is up."""
+    async with from_the_beginning(settings, topic) as consumer:
         values: list[bytes] = []
         deadline = time.monotonic() + timeout_s
         while len(values) < count and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=200)
             values.extend(m.value for msgs in batch.values() for m in msgs if m.value)
         return values
-    finally:
-        await consumer.stop()
 
 
 @dataclass

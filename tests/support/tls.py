@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from consumers.local.broker import EmbeddedBroker, free_port
+from tests.support.processes import stop_process
 
 
 @dataclass(frozen=True)
@@ -90,12 +91,7 @@ def stunnel(
         wait_listening(accept_port, process, log)
         yield
     finally:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, 5)
 
 
 def wait_listening(

@@ -19,6 +19,7 @@ from consumers.engines import OcrEngine
 from consumers.local.broker import free_port
 from consumers.runner import run_worker
 from consumers.settings import Settings
+from tests.support.kafka import kafka_env
 
 LOGS = Path(os.environ.get("MEDOCR_TEST_LOGS", "/tmp/medocr-test-logs"))
 
@@ -47,17 +48,8 @@ async def run_burst(
 
 
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
-    kafka = settings.kafka
-    env = dict(os.environ)
+    env = {**os.environ, **kafka_env(settings.kafka)}
     env.update(
-        KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap_servers,
-        KAFKA_ENABLE_IDEMPOTENCE=str(kafka.enable_idempotence).lower(),
-        KAFKA_FETCH_MAX_WAIT_MS=str(kafka.fetch_max_wait_ms),
-        OCR_INPUT_TOPIC=kafka.input_topic,
-        OCR_RESULT_TOPIC=kafka.result_topic,
-        OCR_DLQ_TOPIC=kafka.dlq_topic,
-        OCR_PROGRESS_TOPIC=kafka.progress_topic,
-        OCR_CONSUMER_GROUP=kafka.consumer_group,
         OCR_BATCH_MAX_WAIT_MS="100",
         HOST="127.0.0.1",
         PYTHONUNBUFFERED="1",
