@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from types import TracebackType
 from typing import Protocol, runtime_checkable
 
 from aiokafka import AIOKafkaConsumer
@@ -107,12 +106,7 @@ class ClientReplySource:
         await self._probe.start()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self._probe.stop()
 
     async def submit(self, request: OcrRequest) -> PendingReply:
