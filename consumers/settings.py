@@ -351,6 +351,17 @@ class VllmSettings(_Group):
     dtype: Literal["auto", "bfloat16", "float16"] = Field(
         "auto", validation_alias=_env("ENGINE_DTYPE")
     )
+    # A vLLM quantization method (fp8: the weights quantized to FP8 at load, one scale
+    # per tensor); None (unset or blank) = the model's own weights as they are.
+    quantization: str | None = Field(
+        None,
+        pattern=r"^[a-z][a-z0-9_-]*$",
+        validation_alias=_env("ENGINE_QUANTIZATION"),
+    )
+    # The KV cache's element type; auto = the model's dtype, fp8* = 8 bits a value.
+    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = Field(
+        "auto", validation_alias=_env("ENGINE_KV_CACHE_DTYPE")
+    )
     # vLLM's renderer threads: its multimodal processor (RGB, resize to the pixel bounds,
     # normalise, patches) runs there, off the event loop.
     prep_threads: int = Field(
@@ -358,6 +369,11 @@ class VllmSettings(_Group):
     )
     # Benchmark-only: every page generates exactly max_tokens (EOS is ignored).
     ignore_eos: bool = Field(False, validation_alias=_env("ENGINE_IGNORE_EOS"))
+
+    @field_validator("quantization", mode="before")
+    @classmethod
+    def _blank_is_unquantized(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     def capacity_tokens(self) -> int:
         """The output budget of one page in the capacity figure (before the model

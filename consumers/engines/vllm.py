@@ -71,16 +71,7 @@ class MetricsStatLogger(StatLoggerBase):  # type: ignore[misc]  # vllm is untype
         mm_cache_stats: Any = None,
         engine_idx: int = 0,
     ) -> None:
-        if scheduler_stats is not None:
-            self._metrics.observe_scheduler(
-                scheduler_stats.num_running_reqs,
-                scheduler_stats.num_waiting_reqs,
-                scheduler_stats.kv_cache_usage,
-            )
-        if iteration_stats is not None:
-            self._metrics.add_tokens(
-                iteration_stats.num_prompt_tokens, iteration_stats.num_generation_tokens
-            )
+        self._metrics.record(scheduler_stats, iteration_stats)
 
     def log_engine_initialized(self) -> None:
         return None

@@ -19,10 +19,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from PIL import Image
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from consumers.engines.base import (
     EngineHealth,
@@ -49,6 +49,8 @@ from schemas import PageStatus
 log = logging.getLogger(__name__)
 
 WARM_UP_TOKENS = 4
+# Seconds a page waits in the engine's queue (the alert rules use these bounds).
+ENGINE_QUEUE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 12, 20, 30, 60, 120)
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,36 @@ class EngineMetrics:
             "Pages the engine can hold at once (capacity figure C, from the KV cache).",
             registry=registry,
         )
+        self.queue_seconds = Histogram(
+            "ocr_engine_queue_seconds",
+            "Seconds a page waited in the engine's queue before it was first "
+            "scheduled.",
+            buckets=ENGINE_QUEUE_BUCKETS,
+            registry=registry,
+        )
+
+    def record(self, scheduler_stats: Any, iteration_stats: Any) -> None:
+        """One engine step's figures, as vLLM gives its stat loggers (either may be
+        None). vLLM's stats types are not typed here: the finished requests are read
+        with defaults, so a vLLM without them records no queue times."""
+        if scheduler_stats is not None:
+            self.observe_scheduler(
+                scheduler_stats.num_running_reqs,
+                scheduler_stats.num_waiting_reqs,
+                scheduler_stats.kv_cache_usage,
+            )
+        if iteration_stats is None:
+            return
+        self.add_tokens(
+            iteration_stats.num_prompt_tokens, iteration_stats.num_generation_tokens
+        )
+        # Each engine request (an attempt at a page, or the warm-up) once, when it
+        # finishes; a figure that is missing or negative (a request aborted before it
+        # was scheduled) is left out.
+        for finished in getattr(iteration_stats, "finished_requests", None) or []:
+            queued = getattr(finished, "queued_time", None)
+            if isinstance(queued, (int, float)) and queued >= 0:
+                self.queue_seconds.observe(queued)
 
     def observe_scheduler(
         self, running: int, waiting: int, kv_cache_usage: float

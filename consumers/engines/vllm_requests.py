@@ -184,6 +184,9 @@ def engine_kwargs(settings: VllmSettings) -> dict[str, object]:
         "max_num_batched_tokens": settings.max_num_batched_tokens,
         "load_format": settings.load_format,
         "dtype": settings.dtype,
+        # None: the checkpoint's own weights; fp8: quantized at load (changes numerics)
+        "quantization": settings.quantization,
+        "kv_cache_dtype": settings.kv_cache_dtype,
         "limit_mm_per_prompt": {"image": 1, "video": 0},
         # transformers 5 ignores a bare max_pixels; the processor honours size{}.
         "mm_processor_kwargs": {

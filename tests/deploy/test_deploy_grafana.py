@@ -75,6 +75,28 @@ def test_dashboard_has_the_figures_operators_asked_for() -> None:
         "sum by (error_code) (rate(ocr_dead_letters_total",
         "ocr_inflight_pages",
         "ocr_engine_kv_cache_usage_ratio",
+        "ocr_engine_requests_waiting",
+        # engine queue time: what MedocrEngineSaturating watches
+        "histogram_quantile(0.9, sum by (le) (rate(ocr_engine_queue_seconds_bucket",
         "ocr_batch_size_records_bucket",
     ):
         assert needle in exprs, needle
+
+
+def test_saturation_panels_sit_together() -> None:
+    """Engine queue time, waiting requests and KV-cache usage: the figures that show
+    saturation coming are panels next to each other (same row or the one below)."""
+    grids = {
+        needle: panel["gridPos"]
+        for panel in _dashboard()["panels"]
+        for target in panel.get("targets", [])
+        for needle in (
+            "ocr_engine_queue_seconds_bucket",
+            "ocr_engine_requests_waiting",
+            "ocr_engine_kv_cache_usage_ratio",
+        )
+        if needle in target["expr"]
+    }
+    assert len(grids) == 3, grids
+    rows = sorted({grid["y"] for grid in grids.values()})
+    assert rows[-1] - rows[0] <= max(grid["h"] for grid in grids.values()), grids

@@ -186,7 +186,7 @@ def test_prometheus_scrapes_pipeline_metrics_from_a_running_worker(
             "groups"
         ]
         rules = [rule for group in groups for rule in group["rules"]]
-        assert len(rules) == 10
+        assert len(rules) == 12
         assert all(rule["health"] != "err" for rule in rules), rules
         firing = _query(prometheus, 'ALERTS{alertstate="firing"}')
         assert firing == []

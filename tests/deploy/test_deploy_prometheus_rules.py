@@ -101,14 +101,18 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
     assert alerts - quiet == set(), "alerts without a test that stays quiet"
 
 
-def test_the_required_alerts_exist() -> None:
+def _alert_exprs() -> dict[str, str]:
     rules = _load(PROMETHEUS_DIR / "alerts.yml")
-    exprs = {
+    return {
         rule["alert"]: rule["expr"]
         for group in rules["groups"]
         for rule in group["rules"]
         if "alert" in rule
     }
+
+
+def test_the_required_alerts_exist() -> None:
+    exprs = _alert_exprs()
     wanted = {
         "MedocrConsumerLagGrowing": "ocr_consumer_lag_records",
         "MedocrDeadLetterRateHigh": "ocr_dead_letters_total",
@@ -119,6 +123,8 @@ def test_the_required_alerts_exist() -> None:
         "MedocrNoResultsWhileLagging": "ocr_records_total",
         "MedocrWorkerStalled": "ocr_worker_stalled",
         "MedocrInternalError": 'ocr_dead_letters_total{error_code="INTERNAL_ERROR"}',
+        "MedocrEngineSaturating": "ocr_engine_queue_seconds_bucket",
+        "MedocrLatencyBoundCrossed": "ocr_end_to_end_seconds_bucket",
     }
     for alert, metric in wanted.items():
         assert alert in exprs
@@ -127,3 +133,43 @@ def test_the_required_alerts_exist() -> None:
             "medocr:consumer_lag_records:sum", "ocr_consumer_lag_records"
         )
         assert metric in expr, alert
+
+
+def test_the_saturation_alert_watches_queue_waiting_and_kv_cache() -> None:
+    expr = _alert_exprs()["MedocrEngineSaturating"]
+    for metric in (
+        "ocr_engine_queue_seconds_bucket",
+        "ocr_engine_requests_waiting",
+        "ocr_engine_kv_cache_usage_ratio",
+    ):
+        assert metric in expr
+
+
+def test_a_unit_test_has_the_saturation_alert_fire_before_the_bound() -> None:
+    """The ordering the alert exists for stays proven in alerts.test.yml: at one
+    eval_time MedocrEngineSaturating fires while MedocrLatencyBoundCrossed does not,
+    and later in the same case the bound alert fires (promtool checks both)."""
+    cases = _load(PROMETHEUS_DIR / "alerts.test.yml")["tests"]
+
+    def times(case: dict[str, Any], alert: str, firing: bool) -> list[str]:
+        return [
+            check["eval_time"]
+            for check in case.get("alert_rule_test", [])
+            if check["alertname"] == alert and bool(check.get("exp_alerts")) == firing
+        ]
+
+    def minutes(eval_time: str) -> int:
+        assert eval_time.endswith("m"), eval_time
+        return int(eval_time[:-1])
+
+    proofs = [
+        case["name"]
+        for case in cases
+        for early in times(case, "MedocrEngineSaturating", firing=True)
+        if early in times(case, "MedocrLatencyBoundCrossed", firing=False)
+        and any(
+            minutes(late) > minutes(early)
+            for late in times(case, "MedocrLatencyBoundCrossed", firing=True)
+        )
+    ]
+    assert proofs, "no case shows MedocrEngineSaturating firing before the bound"

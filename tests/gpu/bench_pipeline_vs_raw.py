@@ -49,7 +49,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, get_args
 
 from consumers.local.broker import free_port
 from consumers.settings import DEFAULT_PROMPT, KafkaSettings, VllmSettings
@@ -78,6 +78,8 @@ def engine_env(args: argparse.Namespace) -> dict[str, str]:
         "ENGINE_LOAD_FORMAT": args.load_format,
         "ENGINE_MAX_PIXELS": str(args.max_pixels),
         "ENGINE_DTYPE": args.dtype,
+        "ENGINE_QUANTIZATION": args.quantization,
+        "ENGINE_KV_CACHE_DTYPE": args.kv_cache_dtype,
         "ENGINE_ENFORCE_EAGER": str(args.enforce_eager).lower(),
         "ENGINE_QUALITY_RETRIES": "0",
         "ENGINE_IGNORE_EOS": "true",
@@ -666,6 +668,18 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="/tmp/model")
     parser.add_argument("--load-format", default="dummy")
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument(
+        "--quantization",
+        default="",
+        help="ENGINE_QUANTIZATION, e.g. fp8 (weights quantized at load); "
+        "empty: the model's own weights",
+    )
+    parser.add_argument(
+        "--kv-cache-dtype",
+        default="auto",
+        choices=get_args(VllmSettings.model_fields["kv_cache_dtype"].annotation),
+        help="ENGINE_KV_CACHE_DTYPE",
+    )
     parser.add_argument("--pages", type=int, default=256)
     parser.add_argument("--warmup", type=int, default=8)
     parser.add_argument("--pages-dir", default="/tmp/medocr-bench-pages")

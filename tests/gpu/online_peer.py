@@ -33,10 +33,12 @@ SERVED_MODEL = "medical-ocr"
 
 def serve_argv(kwargs: Mapping[str, Any], port: int) -> list[str]:
     """``vllm serve`` (its api_server module) with the engine kwargs as flags: one flag
-    per key, dicts as JSON, booleans as ``--x`` / ``--no-x``."""
+    per key, dicts as JSON, booleans as ``--x`` / ``--no-x``; None (unset) left out."""
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
     for key, value in kwargs.items():
         flag = "--" + key.replace("_", "-")
+        if value is None:
+            continue
         if isinstance(value, bool):
             argv.append(flag if value else "--no-" + flag[2:])
         elif isinstance(value, dict):

@@ -1,4 +1,4 @@
-"""The arithmetic of the online benchmark (no GPU, no broker: runs in CI)."""
+"""The arithmetic and plumbing of the online benchmark (no GPU, no broker: runs in CI)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from tests.gpu.online_load import (
     poisson_schedule,
     summarize_rate,
 )
+from tests.gpu.online_peer import serve_argv
 
 
 def test_schedule_is_seeded_and_a_shorter_one_is_a_prefix() -> None:
@@ -101,3 +102,21 @@ async def test_each_arrival_starts_at_its_time_and_late_ones_are_cancelled() -> 
     assert finished == [0]
     assert [type(e) for e in errors] == [ValueError]  # the cancelled one is no error
     assert loop.time() - start < 1
+
+
+def test_the_peer_gets_the_workers_engine_settings_as_flags() -> None:
+    kwargs = {
+        "max_num_seqs": 128,
+        "quantization": None,  # unset: vLLM's own default, no flag
+        "kv_cache_dtype": "fp8",
+        "enforce_eager": False,
+        "limit_mm_per_prompt": {"image": 1, "video": 0},
+    }
+    argv = serve_argv(kwargs, 8123)
+    assert "--quantization" not in argv
+    assert argv[argv.index("--kv-cache-dtype") + 1] == "fp8"
+    assert argv[argv.index("--max-num-seqs") + 1] == "128"
+    assert "--no-enforce-eager" in argv
+    limit = argv[argv.index("--limit-mm-per-prompt") + 1]
+    assert limit == '{"image": 1, "video": 0}'
+    assert argv[argv.index("--port") + 1] == "8123"

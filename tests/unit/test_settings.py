@@ -58,6 +58,8 @@ DEFAULTS = [
     ("vllm.max_num_seqs", 32),
     ("vllm.default_max_tokens", 4096),
     ("vllm.capacity_max_tokens", 0),
+    ("vllm.quantization", None),
+    ("vllm.kv_cache_dtype", "auto"),
     ("sidecar.host", "0.0.0.0"),
     ("sidecar.port", 8000),
     ("sidecar.api_key", None),
@@ -104,6 +106,8 @@ ENV = [
     ("MAX_NUM_SEQS", "8", "vllm.max_num_seqs", 8),
     ("ENGINE_DEFAULT_MAX_TOKENS", "256", "vllm.default_max_tokens", 256),
     ("ENGINE_CAPACITY_MAX_TOKENS", "1024", "vllm.capacity_max_tokens", 1024),
+    ("ENGINE_QUANTIZATION", "fp8", "vllm.quantization", None),
+    ("ENGINE_KV_CACHE_DTYPE", "fp8_e4m3", "vllm.kv_cache_dtype", None),
     ("HOST", "127.0.0.1", "sidecar.host", None),
     ("PORT", "9000", "sidecar.port", 9000),
     ("TESSERACT_LANG", "eng", "tesseract.languages", None),
@@ -138,6 +142,9 @@ def test_every_tested_name_is_a_declared_name() -> None:
         ("GPU_MEMORY_UTIL", "1.5"),
         ("OCR_MAX_PAGES", "0"),
         ("TENSOR_PARALLEL_SIZE", "two"),
+        ("ENGINE_QUANTIZATION", "FP8"),
+        ("ENGINE_QUANTIZATION", "fp8 --trust-remote-code"),
+        ("ENGINE_KV_CACHE_DTYPE", "float16"),
     ],
 )
 def test_invalid_values_are_refused(
@@ -172,6 +179,15 @@ def test_only_the_documented_names_are_read(
     assert settings.tesseract.workers == 0
     assert settings.kafka.partitions == 6
     assert settings.sidecar.port == 8000
+
+
+@pytest.mark.parametrize("raw", ["", "  "])
+def test_a_blank_quantization_is_none(
+    monkeypatch: pytest.MonkeyPatch, raw: str
+) -> None:
+    monkeypatch.setenv("ENGINE_QUANTIZATION", raw)
+    assert Settings().vllm.quantization is None
+    assert VllmSettings(quantization=raw).quantization is None
 
 
 def test_settings_are_frozen() -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 import pytest
 from PIL import Image
 from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
 
 from consumers.budget import PageBudget, PagePlaces
 from consumers.engines import (
@@ -67,7 +68,7 @@ from consumers.inputs import Page
 from consumers.metrics import WorkerMetrics
 from consumers.recognition import PageOptions, PageRecognizer
 from consumers.retry import RetryPolicy
-from consumers.settings import DEFAULT_PROMPT, VllmSettings
+from consumers.settings import DEFAULT_PROMPT, Settings, VllmSettings, env_names
 from schemas import OcrRequest
 from tests.support.records import consumer_record, sender_request
 
@@ -331,6 +332,58 @@ def test_engine_kwargs_carry_every_setting_and_pin_the_batch_budget() -> None:
     assert kwargs["enable_prefix_caching"] is False
     assert kwargs["mm_processor_cache_gb"] == 0.0
     assert kwargs["renderer_num_workers"] == 4
+
+
+@pytest.fixture
+def environ(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """An environment without any medocr setting, to set some of them in."""
+    for name in env_names():
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_engine_kwargs_keep_the_models_weights_and_kv_cache_by_default() -> None:
+    kwargs = engine_kwargs(settings())
+    assert kwargs["quantization"] is None
+    assert kwargs["kv_cache_dtype"] == "auto"
+
+
+@pytest.mark.parametrize("kv_cache_dtype", ["fp8", "fp8_e4m3", "fp8_e5m2"])
+def test_fp8_weights_and_kv_cache_go_from_the_environment_to_the_engine(
+    environ: pytest.MonkeyPatch, kv_cache_dtype: str
+) -> None:
+    environ.setenv("ENGINE_QUANTIZATION", "fp8")
+    environ.setenv("ENGINE_KV_CACHE_DTYPE", kv_cache_dtype)
+    kwargs = engine_kwargs(Settings().vllm)
+    assert kwargs["quantization"] == "fp8"
+    assert kwargs["kv_cache_dtype"] == kv_cache_dtype
+
+
+def test_a_blank_quantization_is_the_models_own_weights(
+    environ: pytest.MonkeyPatch,
+) -> None:
+    environ.setenv("ENGINE_QUANTIZATION", "")
+    assert engine_kwargs(Settings().vllm)["quantization"] is None
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "says"),
+    [
+        ("ENGINE_QUANTIZATION", "FP8", "should match pattern"),
+        ("ENGINE_QUANTIZATION", "fp8 --trust-remote-code", "should match pattern"),
+        ("ENGINE_KV_CACHE_DTYPE", "fp16", "'auto', 'fp8', 'fp8_e4m3' or 'fp8_e5m2'"),
+        ("ENGINE_KV_CACHE_DTYPE", "int8", "'auto', 'fp8', 'fp8_e4m3' or 'fp8_e5m2'"),
+    ],
+)
+def test_unknown_quantization_settings_are_refused_by_name(
+    environ: pytest.MonkeyPatch, name: str, raw: str, says: str
+) -> None:
+    environ.setenv(name, raw)
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    message = str(caught.value)
+    assert name in message
+    assert says in message
 
 
 def test_engine_kwargs_spread_the_engine_over_tensor_parallel_gpus() -> None:
@@ -707,6 +760,96 @@ async def test_pages_run_concurrently_through_the_client(
     )
     assert all(r.status is PageStatus.OK for r in results)
     assert len(client.requests) == 8
+
+
+# ------------------------------------------------ vLLM's stats on the worker's registry
+
+
+@dataclass
+class FakeFinished:
+    """A vLLM v1 ``FinishedRequestStats`` (only what the metrics read)."""
+
+    queued_time: float
+    num_prompt_tokens: int = 1300
+
+
+@dataclass
+class FakeIteration:
+    """A vLLM v1 ``IterationStats``: one engine step's tokens and finished requests."""
+
+    num_prompt_tokens: int = 0
+    num_generation_tokens: int = 0
+    finished_requests: list[object] = field(default_factory=list)
+
+
+@dataclass
+class FakeScheduler:
+    num_running_reqs: int = 0
+    num_waiting_reqs: int = 0
+    kv_cache_usage: float = 0.0
+
+
+def buckets(registry: CollectorRegistry, name: str) -> dict[str, float]:
+    """A histogram's cumulative bucket counts by their ``le`` label."""
+    return {
+        sample.labels["le"]: sample.value
+        for family in registry.collect()
+        if family.name == name
+        for sample in family.samples
+        if sample.name == f"{name}_bucket"
+    }
+
+
+QUEUE_BOUNDS = ["0.05", "0.1", "0.25", "0.5", "1.0", "2.0", "4.0", "8.0", "12.0"]
+QUEUE_BOUNDS += ["20.0", "30.0", "60.0", "120.0", "+Inf"]
+
+
+def test_engine_steps_feed_the_gauges_counters_and_queue_times() -> None:
+    registry = CollectorRegistry()
+    metrics = EngineMetrics(registry)
+    metrics.record(FakeScheduler(3, 5, 0.75), FakeIteration(1300, 7))
+    metrics.record(
+        None,
+        FakeIteration(
+            0, 9, [FakeFinished(0.02), FakeFinished(3.0), FakeFinished(90.0)]
+        ),
+    )
+    sample = registry.get_sample_value
+    assert sample("ocr_engine_requests_running") == 3
+    assert sample("ocr_engine_requests_waiting") == 5
+    assert sample("ocr_engine_kv_cache_usage_ratio") == 0.75
+    assert sample("ocr_engine_prompt_tokens_total") == 1300
+    assert sample("ocr_engine_generation_tokens_total") == 16
+    assert sample("ocr_engine_queue_seconds_count") == 3
+    assert sample("ocr_engine_queue_seconds_sum") == pytest.approx(93.02)
+    queue = buckets(registry, "ocr_engine_queue_seconds")
+    assert list(queue) == QUEUE_BOUNDS  # the bounds the alert rules are written on
+    assert (queue["0.05"], queue["2.0"], queue["4.0"], queue["60.0"]) == (1, 1, 2, 2)
+    assert (queue["120.0"], queue["+Inf"]) == (3, 3)
+
+
+def test_stats_without_per_request_figures_record_only_what_they_have() -> None:
+    """vLLM's stats objects are untyped here: a missing list or figure, or a negative
+    one (a request aborted before it was scheduled), is left out, never an error."""
+
+    @dataclass
+    class BareIteration:
+        num_prompt_tokens: int = 10
+        num_generation_tokens: int = 2
+
+    @dataclass
+    class BareFinished:
+        num_prompt_tokens: int = 10
+
+    registry = CollectorRegistry()
+    metrics = EngineMetrics(registry)
+    metrics.record(None, None)
+    metrics.record(None, BareIteration())
+    metrics.record(None, FakeIteration(finished_requests=[BareFinished()]))
+    metrics.record(None, FakeIteration(finished_requests=[FakeFinished(-1.0)]))
+    sample = registry.get_sample_value
+    assert sample("ocr_engine_prompt_tokens_total") == 10
+    assert sample("ocr_engine_queue_seconds_count") == 0
 
 
 def test_real_engine_module_imports_only_with_vllm() -> None:
