@@ -738,13 +738,8 @@ async def test_health_capacity_and_metrics_follow_start_and_close(
     health = engine.health()
     assert (health.loaded, health.gpu_available) == (True, True)
     assert engine.capacity() == 64 + 64
-    sample = registry.get_sample_value
-    assert sample("ocr_engine_page_capacity") == 128
-    assert sample("ocr_engine_requests_running") == 3
-    assert sample("ocr_engine_requests_waiting") == 2
-    assert sample("ocr_engine_kv_cache_usage_ratio") == 0.25
-    assert sample("ocr_engine_prompt_tokens_total") == 1300
-    assert sample("ocr_engine_generation_tokens_total") == 256
+    assert registry.get_sample_value("ocr_engine_page_capacity") == 128
+    assert engine_figures(registry) == (3, 2, 0.25, 1300, 256)
     await engine.close()
     assert client.closed
     assert engine.health().loaded is False
@@ -815,11 +810,7 @@ def test_engine_steps_feed_the_gauges_counters_and_queue_times() -> None:
         ),
     )
     sample = registry.get_sample_value
-    assert sample("ocr_engine_requests_running") == 3
-    assert sample("ocr_engine_requests_waiting") == 5
-    assert sample("ocr_engine_kv_cache_usage_ratio") == 0.75
-    assert sample("ocr_engine_prompt_tokens_total") == 1300
-    assert sample("ocr_engine_generation_tokens_total") == 16
+    assert engine_figures(registry) == (3, 5, 0.75, 1300, 16)
     assert sample("ocr_engine_queue_seconds_count") == 3
     assert sample("ocr_engine_queue_seconds_sum") == pytest.approx(93.02)
     queue = buckets(registry, "ocr_engine_queue_seconds")
@@ -1011,3 +1002,18 @@ def test_the_collector_joins_deltas_and_streams_them() -> None:
 def test_a_request_without_output_fails_the_page() -> None:
     with pytest.raises(PageFailedError, match="no output"):
         GenerationCollector().generation()
+
+
+def engine_figures(registry: CollectorRegistry) -> tuple[float | None, ...]:
+    """Requests running and waiting, KV-cache usage, prompt and generated tokens, as
+    the registry has them."""
+    return tuple(
+        registry.get_sample_value(f"ocr_engine_{name}")
+        for name in (
+            "requests_running",
+            "requests_waiting",
+            "kv_cache_usage_ratio",
+            "prompt_tokens_total",
+            "generation_tokens_total",
+        )
+    )
